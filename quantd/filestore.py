@@ -1,0 +1,654 @@
+"""The worker-side queue operations on a tree of directories.
+
+Every state change is one rename inside the tree:
+
+* push: write under ``.quantd/tmp``, then rename into the queue.
+* claim: rename ``<queue>/<name>`` to ``<queue>/.claims/<holder>/<name>``.
+  The holder directory's name records the claiming process, so the claim
+  and the record of who holds it appear in one step.
+* complete and fail: rename the claim into an archive, then rewrite the
+  archived document with its outcome.
+* route: write the successor as a draft ``<name>.next`` beside the claim,
+  commit by renaming the claim to ``<name>.routed``, push the draft, then
+  archive the committed claim. The commit rename either wins against a
+  concurrent recovery or raises :class:`ClaimLost`; after it, anyone can
+  finish the route (:func:`finish_route`) and the draft is pushed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from quantd import faults, fsutil
+from quantd.config import Stage
+from quantd.errors import ClaimLost, InvalidItem, RoutingError
+from quantd.holder import HolderKey, host_name
+from quantd.items import (
+    Item,
+    ItemStatus,
+    Priority,
+    SortKey,
+    format_time,
+    key_from_document,
+    new_id,
+    parse_pending_name,
+    parse_time,
+    pending_name,
+    utc_now,
+    validate_document,
+)
+from quantd.quarantine import Reason, quarantine
+from quantd.tree import CLAIMS_DIR, Tree
+from quantd.waiting import DirectoryWaiter
+
+DRAFT_SUFFIX = ".next"
+COMMITTED_SUFFIX = ".routed"
+# A listing of a queue is reused while the directory is unchanged. When
+# other processes change it, it is listed again, but at most this often,
+# so that concurrent claimers do not each list a large queue per claim.
+RELIST_MIN_INTERVAL_S = 0.02
+# NOTE: a listing is always refreshed after this age. A push that lands in
+# the same mtime tick as a listing can wait this long behind lower
+# priorities; it is never lost.
+RELIST_MAX_AGE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The worker a claim is held for, and the process that holds it."""
+
+    worker: str
+    stage: Stage | None
+    key: HolderKey
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker,
+            "stage": self.stage.name if self.stage else None,
+            "host": host_name(),
+            "pid": self.key.pid,
+            "start": self.key.start,
+            "machine": self.key.machine,
+            "created_at": format_time(utc_now()),
+        }
+
+
+@dataclass
+class _Listing:
+    entries: list[tuple[SortKey, str, str]] = field(default_factory=list)
+    mtime_ns: int = -1
+    listed_at: float = 0.0
+    stale: bool = True
+
+
+def read_item_file(path: Path, max_bytes: int) -> dict[str, Any]:
+    """Read and validate one item file without following symlinks.
+
+    Raises :class:`BadFile` naming the quarantine reason.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise BadFile(Reason.SYMLINK, "symbolic links are not items") from None
+        if error.errno in (errno.EACCES, errno.EPERM):
+            raise BadFile(Reason.UNREADABLE, f"cannot read: {error}") from None
+        raise
+    try:
+        return _read_open_file(fd, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def _read_open_file(fd: int, max_bytes: int) -> dict[str, Any]:
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise BadFile(Reason.DIRECTORY, "directories are not items")
+    if not stat.S_ISREG(info.st_mode):
+        raise BadFile(Reason.SPECIAL_FILE, "only regular files are items")
+    if info.st_nlink > 1:
+        raise BadFile(
+            Reason.HARD_LINK,
+            f"the file has {info.st_nlink} names; another name could change it",
+        )
+    if info.st_size > max_bytes:
+        raise BadFile(
+            Reason.TOO_LARGE,
+            f"{info.st_size} bytes; the limit daemon.max_item_bytes is {max_bytes}",
+        )
+    data = os.read(fd, max_bytes + 1)
+    while len(data) < info.st_size and len(data) <= max_bytes:
+        chunk = os.read(fd, max_bytes + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        raise BadFile(Reason.EMPTY_FILE, "the file is empty")
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        raise BadFile(Reason.TOO_DEEP, "JSON nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadFile(Reason.INVALID_JSON, f"invalid JSON: {error}") from None
+    try:
+        return validate_document(doc)
+    except InvalidItem as error:
+        raise BadFile(Reason.INVALID_ITEM, str(error)) from None
+
+
+class BadFile(Exception):
+    """A file in a queue is not a valid item."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class FileStore:
+    """Queue operations on one tree; safe to use from many processes."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        self._listings: dict[str, _Listing] = {}
+        self._reference_keys: dict[tuple[str, str], SortKey] = {}
+        self._holder_dirs: set[Path] = set()
+        self._holder_records: set[HolderKey] = set()
+        self._waiter: DirectoryWaiter | None = None
+
+    # -- push ---------------------------------------------------------
+
+    def push(
+        self,
+        queue: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: Priority | str = Priority.MEDIUM,
+        stage: Stage | None,
+        worker: str,
+    ) -> str:
+        """Push a new item into ``queue`` and return its id.
+
+        Raises RoutingError, before touching the disk, when ``stage`` has
+        no edge to ``queue``.
+        """
+        check_edge(self.tree, stage, queue, worker)
+        now = utc_now()
+        assert stage is not None
+        doc = new_document(
+            payload,
+            priority=Priority.parse(priority),
+            stage=stage.name,
+            worker=worker,
+            now=now,
+            history=[_hop("pushed", now, worker, stage.name, queue=queue)],
+        )
+        publish(self.tree, doc, queue, prefix="push")
+        return str(doc["id"])
+
+    # -- claim --------------------------------------------------------
+
+    def claim(
+        self, queues: Iterable[str], holder: Holder, *, wait_s: float | None = None
+    ) -> Item | None:
+        """Claim the next item from ``queues``: highest priority first,
+        then oldest. With ``wait_s``, wait that long for one to arrive."""
+        names = list(queues)
+        dirs = [self.tree.queue_dir(q) for q in names]
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            if deadline is not None:
+                self._ensure_waiter().arm(dirs)
+            item = self._claim_once(names, holder)
+            if item is not None or deadline is None:
+                return item
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if self._ensure_waiter().wait(remaining):
+                for name in names:
+                    self._listings.setdefault(name, _Listing()).stale = True
+
+    def _ensure_waiter(self) -> DirectoryWaiter:
+        if self._waiter is None:
+            self._waiter = DirectoryWaiter()
+        return self._waiter
+
+    def _claim_once(self, queues: list[str], holder: Holder) -> Item | None:
+        for name in queues:
+            self._refresh(name)
+        while True:
+            heads = [
+                (self._listings[q].entries[-1], q)
+                for q in queues
+                if self._listings[q].entries
+            ]
+            if not heads:
+                return None
+            (_, pending, stem), queue = min(heads)
+            self._listings[queue].entries.pop()
+            item = self._take(queue, pending, stem, holder)
+            if item is not None:
+                return item
+
+    def _take(self, queue: str, name: str, stem: str, holder: Holder) -> Item | None:
+        queue_dir = self.tree.queue_dir(queue)
+        holder_dir = self._holder_dir(queue, holder)
+        target = holder_dir / name
+        try:
+            os.rename(queue_dir / name, target)
+        except FileNotFoundError:
+            if not holder_dir.is_dir():
+                self._holder_dirs.discard(holder_dir)
+            return None
+        listing = self._listings[queue]
+        listing.mtime_ns = _mtime_ns(queue_dir)
+        faults.point("claim.after_rename")
+        if self.tree.durable:
+            fsutil.fsync_dir(queue_dir)
+            fsutil.fsync_dir(holder_dir)
+        try:
+            doc = read_item_file(target, self.tree.config.daemon.max_item_bytes)
+        except BadFile as error:
+            quarantine(self.tree, target, error.reason, error.detail, queue=queue)
+            return None
+        now = utc_now()
+        doc["status"] = ItemStatus.IN_PROGRESS.value
+        doc["claimed_by"] = holder.worker
+        doc["claimed_at"] = format_time(now)
+        return Item(doc, queue, target)
+
+    def _holder_dir(self, queue: str, holder: Holder) -> Path:
+        path = self.tree.claims_dir(queue) / str(holder.key)
+        if path not in self._holder_dirs:
+            self._write_holder_record(holder)
+            path.mkdir(parents=True, exist_ok=True)
+            self._holder_dirs.add(path)
+        return path
+
+    def _write_holder_record(self, holder: Holder) -> None:
+        if holder.key in self._holder_records:
+            return
+        path = self.tree.holders / f"{holder.key}.json"
+        data = fsutil.dump_json(holder.record())
+        fsutil.replace_file(self.tree.tmp, path, data, durable=self.tree.durable)
+        self._holder_records.add(holder.key)
+
+    def _refresh(self, queue: str) -> None:
+        listing = self._listings.setdefault(queue, _Listing())
+        queue_dir = self.tree.queue_dir(queue)
+        mtime_ns = _mtime_ns(queue_dir)
+        age = time.monotonic() - listing.listed_at
+        changed = mtime_ns != listing.mtime_ns
+        fresh = not listing.stale and age < RELIST_MAX_AGE_S
+        if fresh and (not changed or age < RELIST_MIN_INTERVAL_S):
+            return
+        self._list(queue, queue_dir, listing, mtime_ns)
+
+    def _list(self, queue: str, queue_dir: Path, listing: _Listing, mtime: int) -> None:
+        entries: list[tuple[SortKey, str, str]] = []
+        with os.scandir(queue_dir) as scan:
+            for entry in scan:
+                parsed = parse_pending_name(entry.name)
+                if parsed is None:
+                    continue
+                key = parsed.key or self._reference_key(queue, entry)
+                if key is not None:
+                    entries.append((key, entry.name, parsed.stem))
+        entries.sort(reverse=True)
+        listing.entries = entries
+        listing.mtime_ns = mtime
+        listing.listed_at = time.monotonic()
+        listing.stale = False
+
+    def _reference_key(self, queue: str, entry: os.DirEntry[str]) -> SortKey | None:
+        """Order a reference-protocol item, whose name has no sort key, by
+        its content; read once per file, then cached."""
+        cached = self._reference_keys.get((queue, entry.name))
+        if cached is not None:
+            return cached
+        try:
+            info = entry.stat(follow_symlinks=False)
+            fallback = datetime.fromtimestamp(info.st_mtime).strftime("%Y%m%dT%H%M%S%f")
+            key = SortKey(2, fallback)
+            if stat.S_ISREG(info.st_mode):
+                limit = self.tree.config.daemon.max_item_bytes
+                key = key_from_document(
+                    read_item_file(Path(entry.path), limit), fallback
+                )
+        except FileNotFoundError:
+            return None
+        except (BadFile, OSError):
+            pass
+        if len(self._reference_keys) > 100_000:
+            self._reference_keys.clear()
+        self._reference_keys[(queue, entry.name)] = key
+        return key
+
+    # -- complete and fail --------------------------------------------
+
+    def complete(self, item: Item, holder: Holder) -> None:
+        """Archive a claimed item in ``completed``."""
+        now = utc_now()
+        hop = _hop(
+            "completed", now, holder.worker, _stage_name(holder), queue=item.queue
+        )
+        try:
+            archive(
+                self.tree,
+                item.path,
+                "completed",
+                item.doc,
+                _finish(ItemStatus.COMPLETED, hop),
+            )
+        except ClaimLost:
+            raise claim_lost(item, holder) from None
+
+    def fail(self, item: Item, holder: Holder, reason: str) -> None:
+        """Archive a claimed item in ``failed`` with ``reason``."""
+        now = utc_now()
+        hop = _hop("failed", now, holder.worker, _stage_name(holder), queue=item.queue)
+        hop["reason"] = reason
+
+        def update(doc: dict[str, Any]) -> None:
+            _finish(ItemStatus.FAILED, hop)(doc)
+            doc["last_error"] = reason
+
+        try:
+            archive(self.tree, item.path, "failed", item.doc, update)
+        except ClaimLost:
+            raise claim_lost(item, holder) from None
+
+    # -- route --------------------------------------------------------
+
+    def route(
+        self,
+        item: Item,
+        holder: Holder,
+        target: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: Priority | str | None = None,
+    ) -> str:
+        """Finish a claimed item by pushing its successor into ``target``.
+
+        Returns the successor's id. Raises RoutingError when the holder's
+        stage has no edge to ``target`` and ClaimLost when the claim was
+        taken away; in both cases nothing was pushed.
+        """
+        check_edge(self.tree, holder.stage, target, holder.worker)
+        self.tree.queue_dir(target)
+        holder_dir = item.path.parent
+        if holder_dir.parent.name != CLAIMS_DIR:
+            raise ClaimLost(
+                f"item {item.id!r} at {item.path} was not claimed through "
+                "quantd; only complete or fail it"
+            )
+        assert holder.stage is not None
+        now = utc_now()
+        hop = _hop("routed", now, holder.worker, holder.stage.name, queue=item.queue)
+        hop.update({"to": target, "item_id": item.id, "pid": holder.key.pid})
+        successor = new_document(
+            payload,
+            priority=Priority.parse(priority) if priority else item.priority,
+            stage=holder.stage.name,
+            worker=holder.worker,
+            now=now,
+            history=[*item.history, hop],
+        )
+        successor["parent_id"] = item.id
+        successor["root_id"] = item.root_id
+        stem = item.path.name[: -len(".json")]
+        draft = holder_dir / (stem + DRAFT_SUFFIX)
+        fsutil.replace_file(
+            self.tree.tmp, draft, _encode(successor), durable=self.tree.durable
+        )
+        faults.point("route.after_draft")
+        try:
+            os.rename(item.path, holder_dir / (stem + COMMITTED_SUFFIX))
+        except FileNotFoundError:
+            _unlink_quietly(draft)
+            raise claim_lost(item, holder) from None
+        faults.point("route.after_commit")
+        if self.tree.durable:
+            fsutil.fsync_dir(holder_dir)
+        finish_route(self.tree, holder_dir, stem, item.queue)
+        return str(successor["id"])
+
+    # -- heartbeat ----------------------------------------------------
+
+    def heartbeat(self, items: Iterable[Item]) -> list[Item]:
+        """Renew the lease of each claim; return the claims that were lost."""
+        lost = []
+        for item in items:
+            try:
+                os.utime(item.path)
+            except FileNotFoundError:
+                lost.append(item)
+        return lost
+
+    def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+
+
+def check_edge(tree: Tree, stage: Stage | None, target: str, worker: str) -> None:
+    """Raise RoutingError unless ``stage`` may produce into ``target``."""
+    if stage is None:
+        raise RoutingError(
+            f"worker {worker!r} has no stage: pass a stage, or name the worker "
+            "so that a stage's 'workers' patterns in the config match it"
+        )
+    if target not in stage.produces:
+        allowed = ", ".join(stage.produces) or "nothing"
+        raise RoutingError(
+            f"stage {stage.name!r} may not produce into {target!r}: the "
+            f"routing graph allows {allowed}; add the edge to "
+            f"stages.{stage.name}.produces in the config if it is intended"
+        )
+    tree.queue_dir(target)
+
+
+def new_document(
+    payload: Mapping[str, Any],
+    *,
+    priority: Priority,
+    stage: str,
+    worker: str,
+    now: datetime,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Build the document of a new pending item."""
+    if not isinstance(payload, Mapping):
+        raise InvalidItem(
+            f"invalid payload: must be a JSON object (a dict), "
+            f"got {type(payload).__name__}"
+        )
+    return {
+        "id": new_id(stage, now),
+        "created_at": format_time(now),
+        "created_by": worker,
+        "priority": priority.value,
+        "status": ItemStatus.PENDING.value,
+        "claimed_by": None,
+        "claimed_at": None,
+        "payload": dict(payload),
+        "stage": stage,
+        "attempts": 0,
+        "history": history,
+        "last_error": None,
+    }
+
+
+def publish(tree: Tree, doc: dict[str, Any], queue: str, *, prefix: str) -> Path:
+    """Write a pending item into ``queue``: temp file, then one rename."""
+    directory = tree.queue_dir(queue)
+    created = parse_time(str(doc["created_at"]))
+    name = pending_name(str(doc["id"]), Priority(doc["priority"]), created)
+    temp = fsutil.write_temp(tree.tmp, _encode(doc), durable=tree.durable)
+    faults.point(f"{prefix}.after_write")
+    try:
+        fsutil.rename_noreplace(temp, directory / name)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+    faults.point(f"{prefix}.after_rename")
+    if tree.durable:
+        fsutil.fsync_dir(directory)
+    return directory / name
+
+
+def _encode(doc: Mapping[str, Any]) -> bytes:
+    try:
+        return fsutil.dump_json(doc)
+    except (TypeError, ValueError) as error:
+        raise InvalidItem(
+            f"invalid item {doc.get('id')!r}: not JSON-serialisable: {error}; "
+            "payloads may hold only dicts, lists, strings, numbers, booleans "
+            "and None"
+        ) from None
+
+
+def finish_route(tree: Tree, holder_dir: Path, stem: str, queue: str) -> None:
+    """Push a committed route's successor and archive its claim.
+
+    Idempotent: each step is a rename that either happened or not, so the
+    worker and a recovering daemon can both call it; the successor is
+    pushed exactly once.
+    """
+    draft = holder_dir / (stem + DRAFT_SUFFIX)
+    committed = holder_dir / (stem + COMMITTED_SUFFIX)
+    successor_id: str | None = None
+    target: str | None = None
+    try:
+        doc = json.loads(draft.read_bytes())
+        successor_id, target = str(doc["id"]), str(doc["history"][-1]["to"])
+        directory = tree.queue_dir(target)
+        created = parse_time(str(doc["created_at"]))
+        name = pending_name(successor_id, Priority(doc["priority"]), created)
+        fsutil.rename_noreplace(draft, directory / name)
+        faults.point("route.after_push")
+        if tree.durable:
+            fsutil.fsync_dir(directory)
+    except FileNotFoundError:
+        pass
+    hop = {"event": "archived_after_route", "at": format_time(utc_now())}
+
+    def update(archived: dict[str, Any]) -> None:
+        archived["status"] = ItemStatus.ROUTED.value
+        archived["finished_at"] = hop["at"]
+        if target is not None:
+            archived["routed_to"] = target
+            archived["successor_id"] = successor_id
+
+    with contextlib.suppress(ClaimLost):
+        archive(tree, committed, "completed", None, update)
+
+
+def archive(
+    tree: Tree,
+    source: Path,
+    archive_name: str,
+    doc: dict[str, Any] | None,
+    update: Callable[[dict[str, Any]], None],
+) -> Path:
+    """Move a claimed file into an archive, then record its outcome.
+
+    The move is the commit: if ``source`` is gone, the claim was lost and
+    ClaimLost is raised. The archived file is then rewritten with
+    ``update`` applied; a crash in between leaves the original document in
+    the archive, which loses nothing.
+    """
+    directory = tree.archive_dir(archive_name)
+    item_id = _archive_id(source, doc)
+    target = directory / f"{item_id}.json"
+    while True:
+        try:
+            fsutil.rename_noreplace(source, target)
+            break
+        except FileExistsError:
+            target = directory / f"{item_id}.{secrets.token_hex(4)}.json"
+        except FileNotFoundError:
+            raise ClaimLost(
+                f"claim {source} is gone: it was recovered as stale or "
+                "finished by another process; do not repeat its side effects"
+            ) from None
+    faults.point(f"{archive_name}.after_rename")
+    if tree.durable:
+        fsutil.fsync_dir(source.parent)
+        fsutil.fsync_dir(directory)
+    if doc is None:
+        try:
+            doc = json.loads(target.read_bytes())
+        except (OSError, ValueError):
+            return target
+    updated = dict(doc)
+    update(updated)
+    fsutil.replace_file(tree.tmp, target, _encode(updated), durable=tree.durable)
+    return target
+
+
+def _archive_id(source: Path, doc: Mapping[str, Any] | None) -> str:
+    if doc is not None:
+        return str(doc["id"])
+    name = source.name
+    for suffix in (COMMITTED_SUFFIX, ".json"):
+        name = name.removesuffix(suffix)
+    return name.rpartition("~")[2].partition(".claimed-")[0]
+
+
+def claim_lost(item: Item, holder: Holder) -> ClaimLost:
+    return ClaimLost(
+        f"worker {holder.worker!r} no longer holds item {item.id!r} from queue "
+        f"{item.queue!r}: the claim was recovered as stale or finished by "
+        "another process; do not repeat its side effects"
+    )
+
+
+def _finish(
+    status: ItemStatus, hop: dict[str, Any]
+) -> Callable[[dict[str, Any]], None]:
+    def update(doc: dict[str, Any]) -> None:
+        doc["status"] = status.value
+        doc["finished_at"] = hop["at"]
+        doc["history"] = [*(doc.get("history") or []), hop]
+
+    return update
+
+
+def _hop(
+    event: str, now: datetime, worker: str, stage: str | None, *, queue: str
+) -> dict[str, Any]:
+    return {
+        "event": event,
+        "at": format_time(now),
+        "queue": queue,
+        "worker": worker,
+        "stage": stage,
+        "host": host_name(),
+    }
+
+
+def _stage_name(holder: Holder) -> str | None:
+    return holder.stage.name if holder.stage else None
+
+
+def _mtime_ns(path: Path) -> int:
+    return os.stat(path).st_mtime_ns
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
