@@ -1,0 +1,5 @@
+import sys
+
+from quantd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,313 @@
+"""The ``quantd`` command: a thin layer over the library.
+
+Exit codes: 0 success; 1 error; 2 invalid usage; 4 the claim was lost
+(ClaimLost); 75 nothing to claim (``EX_TEMPFAIL``: try again later).
+``quantd status`` follows the LSB: 0 running, 3 not running, 4 unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from quantd import __version__
+from quantd.errors import ClaimLost, QuantdError
+from quantd.items import Item, Priority
+from quantd.tree import Tree, init_tree, open_tree
+from quantd.worker import Worker
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CLAIM_LOST = 4
+EXIT_NOTHING_TO_CLAIM = 75
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    warnings.simplefilter("default")
+    try:
+        return handler(args)
+    except ClaimLost as error:
+        print(f"quantd: {error}", file=sys.stderr)
+        return EXIT_CLAIM_LOST
+    except QuantdError as error:
+        print(f"quantd: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantd",
+        description="File queue and supervisor for research pipelines.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_init(commands)
+    _add_push(commands)
+    _add_claim(commands)
+    _add_finish_commands(commands)
+    _add_heartbeat(commands)
+    _add_extensions(commands)
+    return parser
+
+
+def tree_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--root`` and ``--config`` to a command."""
+    parser.add_argument(
+        "--root",
+        help="tree root directory (default: $QUANTD_ROOT, the config's "
+        "tree.root, or the current directory)",
+    )
+    parser.add_argument(
+        "--config",
+        help="config file (default: $QUANTD_CONFIG, or quantd.toml in the "
+        "tree root, or the built-in reference pipeline)",
+    )
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    tree_options(parser)
+    parser.add_argument("--worker", help="worker id (default: $QUANTD_WORKER)")
+    parser.add_argument(
+        "--stage",
+        help="stage of the worker (default: $QUANTD_STAGE, or the stage "
+        "whose worker patterns match the worker id)",
+    )
+    parser.add_argument(
+        "--pid",
+        type=int,
+        help="process that holds the claims (default: the calling process, "
+        "that is this command's parent)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print results as JSON documents"
+    )
+
+
+def _add_extensions(commands: Any) -> None:
+    from quantd.daemon.commands import add_run, add_status
+
+    add_run(commands)
+    add_status(commands)
+    from quantd.demo.commands import add_demo
+
+    add_demo(commands)
+
+
+def _add_init(commands: Any) -> None:
+    parser = commands.add_parser(
+        "init", help="create a tree and, if none exists, its config file"
+    )
+    tree_options(parser)
+    parser.set_defaults(handler=_run_init)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    tree, written = init_tree(args.root, args.config)
+    config = tree.config.source or "built-in reference pipeline"
+    state = "written" if written else "kept"
+    print(f"tree ready at {tree.root} (config {config}, {state})")
+    return 0
+
+
+def _add_push(commands: Any) -> None:
+    parser = commands.add_parser("push", help="push a new item; prints its id")
+    parser.add_argument("queue", help="queue or output to push into")
+    parser.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        help="JSON object to use as the payload; '-' reads stdin (default)",
+    )
+    parser.add_argument(
+        "--priority",
+        choices=[p.value for p in Priority],
+        default=Priority.MEDIUM.value,
+        help="claim priority (default: medium)",
+    )
+    _worker_options(parser)
+    parser.set_defaults(handler=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    payload = read_payload(args.file)
+    with _worker(args) as worker:
+        item_id = worker.push(args.queue, payload, priority=args.priority)
+    _print(args, item_id, {"id": item_id, "queue": args.queue})
+    return 0
+
+
+def _add_claim(commands: Any) -> None:
+    parser = commands.add_parser(
+        "claim",
+        help="claim the next item; prints its id, or the item with --json",
+        description="Claim the next item from the given queues: highest "
+        "priority first, then oldest. The claim is held for the calling "
+        "process (or --pid), so it outlives this command. Exits 75 when "
+        "there is nothing to claim.",
+    )
+    parser.add_argument(
+        "queues",
+        nargs="*",
+        help="queues to claim from (default: those the stage consumes)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait up to this many seconds for an item",
+    )
+    _worker_options(parser)
+    parser.set_defaults(handler=_run_claim)
+
+
+def _run_claim(args: argparse.Namespace) -> int:
+    with _worker(args) as worker:
+        item = worker.claim(args.queues or None, wait_s=args.wait)
+    if item is None:
+        print("quantd: nothing to claim", file=sys.stderr)
+        return EXIT_NOTHING_TO_CLAIM
+    _print(args, item.id, item_json(item))
+    return 0
+
+
+def _add_finish_commands(commands: Any) -> None:
+    complete = commands.add_parser("complete", help="archive a claimed item as done")
+    complete.add_argument("id", help="exact id of the claimed item")
+    _worker_options(complete)
+    complete.set_defaults(handler=_run_complete)
+
+    fail = commands.add_parser("fail", help="archive a claimed item as failed")
+    fail.add_argument("id", help="exact id of the claimed item")
+    fail.add_argument("--reason", required=True, help="why the item failed")
+    _worker_options(fail)
+    fail.set_defaults(handler=_run_fail)
+
+    route = commands.add_parser(
+        "route",
+        help="finish a claimed item by pushing its successor; prints the "
+        "successor's id",
+    )
+    route.add_argument("id", help="exact id of the claimed item")
+    route.add_argument("target", help="queue or output for the successor")
+    route.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        help="JSON object for the successor's payload; '-' reads stdin (default)",
+    )
+    route.add_argument(
+        "--priority",
+        choices=[p.value for p in Priority],
+        help="successor's priority (default: the claimed item's)",
+    )
+    _worker_options(route)
+    route.set_defaults(handler=_run_route)
+
+
+def _run_complete(args: argparse.Namespace) -> int:
+    with _worker(args) as worker:
+        worker.complete(worker.find_claim(args.id))
+    _print(args, args.id, {"id": args.id, "status": "completed"})
+    return 0
+
+
+def _run_fail(args: argparse.Namespace) -> int:
+    with _worker(args) as worker:
+        worker.fail(worker.find_claim(args.id), args.reason)
+    _print(args, args.id, {"id": args.id, "status": "failed"})
+    return 0
+
+
+def _run_route(args: argparse.Namespace) -> int:
+    payload = read_payload(args.file)
+    with _worker(args) as worker:
+        item = worker.find_claim(args.id)
+        successor = worker.route(item, args.target, payload, priority=args.priority)
+    _print(
+        args, successor, {"id": successor, "parent_id": args.id, "queue": args.target}
+    )
+    return 0
+
+
+def _add_heartbeat(commands: Any) -> None:
+    parser = commands.add_parser(
+        "heartbeat",
+        help="renew the lease of claimed items (needed only for claims whose "
+        "holder the daemon cannot watch)",
+    )
+    parser.add_argument("ids", nargs="+", help="exact ids of claimed items")
+    _worker_options(parser)
+    parser.set_defaults(handler=_run_heartbeat)
+
+
+def _run_heartbeat(args: argparse.Namespace) -> int:
+    with _worker(args) as worker:
+        items = [worker.find_claim(item_id) for item_id in args.ids]
+        lost = worker.store.heartbeat(items)
+    if lost:
+        ids = ", ".join(item.id for item in lost)
+        raise ClaimLost(f"claims lost while renewing: {ids}")
+    return 0
+
+
+def open_tree_from(args: argparse.Namespace) -> Tree:
+    """Open the tree that ``--root`` and ``--config`` name."""
+    return open_tree(args.root, args.config)
+
+
+def _worker(args: argparse.Namespace) -> Worker:
+    pid = args.pid or os.getppid()
+    return Worker(open_tree_from(args), args.worker, stage=args.stage, pid=pid)
+
+
+def read_payload(source: str) -> dict[str, Any]:
+    """Read a JSON object from a file, or from stdin for ``-``."""
+    where = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as error:
+        raise QuantdError(
+            f"cannot read payload from {where}: {error.strerror}"
+        ) from None
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise QuantdError(
+            f"invalid JSON payload in {where}: {error}; pass a JSON object "
+            'such as \'{"title": "RSI divergence"}\''
+        ) from None
+    if not isinstance(payload, dict):
+        raise QuantdError(
+            f"invalid payload in {where}: must be a JSON object, "
+            f"got {type(payload).__name__}"
+        )
+    return payload
+
+
+def item_json(item: Item) -> dict[str, Any]:
+    return {"queue": item.queue, "path": str(item.path), "item": item.doc}
+
+
+def _print(args: argparse.Namespace, text: str, document: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The supervisor daemon, ``quantd run``: its parts are private."""

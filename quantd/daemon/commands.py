@@ -1,0 +1,33 @@
+"""Command-line entry points of the daemon: ``quantd run`` and
+``quantd status``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_run(commands: Any) -> None:
+    from quantd.cli import tree_options
+
+    parser = commands.add_parser("run", help="supervise a tree (foreground)")
+    tree_options(parser)
+    parser.set_defaults(handler=_run)
+
+
+def add_status(commands: Any) -> None:
+    from quantd.cli import tree_options
+
+    parser = commands.add_parser("status", help="show queues, claims and the daemon")
+    tree_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the status document")
+    parser.set_defaults(handler=_status)
+
+
+def _run(args: argparse.Namespace) -> int:
+    # TODO: the daemon is not written yet.
+    raise NotImplementedError
+
+
+def _status(args: argparse.Namespace) -> int:
+    raise NotImplementedError
