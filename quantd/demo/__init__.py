@@ -1,0 +1,1 @@
+"""Reference research pipeline: market data research functions and their workers."""
