@@ -26,7 +26,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,9 @@ def read_item_file(path: Path, max_bytes: int) -> dict[str, Any]:
             raise BadFile(Reason.SYMLINK, "symbolic links are not items") from None
         if error.errno in (errno.EACCES, errno.EPERM):
             raise BadFile(Reason.UNREADABLE, f"cannot read: {error}") from None
+        # open(2) of a Unix socket fails with ENXIO.
+        if error.errno in (errno.ENXIO, errno.ENODEV):
+            raise BadFile(Reason.SPECIAL_FILE, "only regular files are items") from None
         raise
     try:
         return _read_open_file(fd, max_bytes)
@@ -226,9 +229,12 @@ class FileStore:
         return self._waiter
 
     def _claim_once(self, queues: list[str], holder: Holder) -> Item | None:
-        for name in queues:
-            self._refresh(name)
+        # Refreshing before every attempt matters when other processes
+        # took every listed item: the exhausted listing is read again, so
+        # None means that a fresh listing of every queue was empty.
         while True:
+            for name in queues:
+                self._refresh(name)
             heads = [
                 (self._listings[q].entries[-1], q)
                 for q in queues
@@ -252,8 +258,6 @@ class FileStore:
             if not holder_dir.is_dir():
                 self._holder_dirs.discard(holder_dir)
             return None
-        listing = self._listings[queue]
-        listing.mtime_ns = _mtime_ns(queue_dir)
         faults.point("claim.after_rename")
         if self.tree.durable:
             fsutil.fsync_dir(queue_dir)
@@ -291,7 +295,11 @@ class FileStore:
         mtime_ns = _mtime_ns(queue_dir)
         age = time.monotonic() - listing.listed_at
         changed = mtime_ns != listing.mtime_ns
-        fresh = not listing.stale and age < RELIST_MAX_AGE_S
+        # An exhausted listing is always refreshed: the directory's mtime
+        # can miss a push in the same clock tick, and reusing the listing
+        # would report an empty queue while an item waits.
+        fresh = bool(listing.entries) and not listing.stale
+        fresh = fresh and age < RELIST_MAX_AGE_S
         if fresh and (not changed or age < RELIST_MIN_INTERVAL_S):
             return
         self._list(queue, queue_dir, listing, mtime_ns)
@@ -320,7 +328,8 @@ class FileStore:
             return cached
         try:
             info = entry.stat(follow_symlinks=False)
-            fallback = datetime.fromtimestamp(info.st_mtime).strftime("%Y%m%dT%H%M%S%f")
+            modified = datetime.fromtimestamp(info.st_mtime, UTC)
+            fallback = modified.strftime("%Y%m%dT%H%M%S%f")
             key = SortKey(2, fallback)
             if stat.S_ISREG(info.st_mode):
                 limit = self.tree.config.daemon.max_item_bytes
