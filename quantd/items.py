@@ -208,7 +208,8 @@ def key_from_document(doc: Mapping[str, Any], fallback_created: str) -> SortKey:
     created_at = doc.get("created_at")
     if isinstance(created_at, str):
         with contextlib.suppress(ValueError):
-            created = parse_time(created_at).strftime(_NAME_TIME_FORMAT)
+            moment = parse_time(created_at).astimezone(UTC)
+            created = moment.strftime(_NAME_TIME_FORMAT)
     return SortKey(rank, created)
 
 
