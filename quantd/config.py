@@ -49,6 +49,8 @@ class DaemonSettings:
     status_interval_s: float = 5.0
     status_debounce_s: float = 0.25
     status_group: str = ""
+    write_grace_s: float = 5.0
+    event_burst_limit: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def _reference_document() -> dict[str, Any]:
             "status_interval_s": 5.0,
             "status_debounce_s": 0.25,
             "status_group": "",
+            "write_grace_s": 5.0,
+            "event_burst_limit": 10_000,
         },
     }
 

@@ -37,8 +37,11 @@ def add_status(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # TODO: the daemon is not written yet.
-    raise NotImplementedError
+    from quantd import logs
+    from quantd.daemon.service import run_daemon
+
+    logs.configure()
+    return run_daemon(args.root, args.config)
 
 
 def _status(args: argparse.Namespace) -> int:

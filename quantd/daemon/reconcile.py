@@ -1,0 +1,689 @@
+"""Reconcile: bring a tree back in line with the protocol.
+
+One code path serves the periodic full sweep (:meth:`Reconciler.reconcile`)
+and every file-system event (:meth:`Reconciler.reconcile_path`): an event
+only makes the daemon look at one path sooner. Looking at a path means:
+
+* a file in a queue or output must be a valid item produced by a stage
+  with an edge to that queue, else it is quarantined;
+* a claim whose holder is proven dead, or whose lease ran out, is
+  recovered, and a committed route is finished;
+* an entry of ``.quantd/recovering/`` left by a crash is finished.
+
+Both methods take the time (epoch seconds) as a parameter, so tests drive
+them without sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from quantd import recovery
+from quantd.daemon.holders import HolderRegistry
+from quantd.daemon.journal import Journal
+from quantd.filestore import (
+    COMMITTED_SUFFIX,
+    DRAFT_SUFFIX,
+    BadFile,
+    read_item_file,
+)
+from quantd.holder import HolderKey
+from quantd.items import parse_pending_name, parse_reference_claim
+from quantd.liveness import Liveness, Verdict, check_lease
+from quantd.quarantine import Reason, quarantine
+from quantd.recovery import REFERENCE_HOLDER, Outcome
+from quantd.tree import CLAIMS_DIR, Tree
+
+# A committed route is finished by its worker within milliseconds; the
+# daemon finishes one that is older than this, whoever holds it.
+COMMITTED_ROUTE_GRACE_S = 2.0
+# Reasons that a file still being written shows until it is complete.
+_UNFINISHED = (Reason.EMPTY_FILE, Reason.INVALID_JSON)
+_ValidKey = tuple[int, int, int, int]
+
+
+class Reconciler:
+    """The daemon's view of one tree, and the actions that repair it."""
+
+    def __init__(self, tree: Tree, registry: HolderRegistry, journal: Journal) -> None:
+        self._registry = registry
+        self._journal = journal
+        self._valid: dict[str, _ValidKey] = {}
+        self._recheck: dict[str, float] = {}
+        self._holders: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self.set_tree(tree)
+
+    def set_tree(self, tree: Tree) -> None:
+        """Switch to a reloaded configuration."""
+        self.tree = tree
+        config = tree.config
+        self._targets = {
+            tree.root / path: name for name, path in config.targets().items()
+        }
+        self._tree_dirs = {*tree.all_dirs(), tree.internal}
+        self._valid.clear()
+
+    # -- entry points ---------------------------------------------------
+
+    def reconcile(self, now: float) -> dict[str, Any]:
+        """Check the whole tree; return what the sweep found and did."""
+        started = time.monotonic()
+        before = {k: v for k, v in self._journal.counters.items() if isinstance(v, int)}
+        self._holders = {}
+        seen: set[str] = set()
+        self.finish_recovering()
+        files = 0
+        for directory, queue in self._targets.items():
+            files += self._scan_queue(queue, directory, now, seen)
+        self._prune_holder_records()
+        self._valid = {p: k for p, k in self._valid.items() if p in seen}
+        self._journal.count("reconciles")
+        counts = {
+            name: int(self._journal.counters[name]) - before.get(name, 0)
+            for name in ("recovered", "dead_lettered", "quarantined", "routes_finished")
+        }
+        summary: dict[str, Any] = {
+            "files": files,
+            "valid": len(seen),
+            "holders": len(self._holders),
+            **counts,
+            "duration_s": round(time.monotonic() - started, 3),
+        }
+        self._journal.log("reconcile_finished", **summary)
+        return summary
+
+    def reconcile_path(self, path: str | Path, now: float) -> None:
+        """Check the one entry that an event named, or its directory."""
+        path = Path(path)
+        self._recheck.pop(str(path), None)
+        if path.parent == self.tree.recovering:
+            self._guard("finish_recovering", path, self._finish_entry, path)
+            return
+        located = self._locate(path)
+        if located is None:
+            return
+        queue, directory, parts = located
+        if not parts:
+            self._scan_queue(queue, directory, now, set())
+        elif parts[0] != CLAIMS_DIR or len(parts) == 1:
+            raw = os.fsencode(parts[0])
+            self._guard(
+                "check_entry", path, self._check_entry, queue, directory, raw, now
+            )
+        else:
+            holder_dir = directory / CLAIMS_DIR / parts[1]
+            self._guard(
+                "check_holder", holder_dir, self._check_holder, queue, holder_dir, now
+            )
+
+    def holder_exited(self, key: HolderKey, now: float) -> None:
+        """Recover every claim of a holder whose pidfd reported its exit."""
+        self._registry.exited(key)
+        for directory, queue in self._targets.items():
+            holder_dir = directory / CLAIMS_DIR / str(key)
+            if os.path.lexists(holder_dir):
+                self._guard(
+                    "check_holder",
+                    holder_dir,
+                    self._check_holder,
+                    queue,
+                    holder_dir,
+                    now,
+                )
+        self._holders.pop(str(key), None)
+        self._prune_holder_records()
+
+    def finish_recovering(self) -> None:
+        """Finish every recovery that a crash interrupted."""
+        try:
+            names = sorted(os.listdir(self.tree.recovering))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.tree.recovering / name
+            self._guard("finish_recovering", path, self._finish_entry, path)
+
+    def take_due(self, now: float) -> list[str]:
+        """Return the paths whose re-check is due, and forget them."""
+        due = [p for p, at in self._recheck.items() if at <= now]
+        for path in due:
+            del self._recheck[path]
+        return due
+
+    def next_due(self) -> float | None:
+        return min(self._recheck.values(), default=None)
+
+    def holders(self) -> list[dict[str, Any]]:
+        """The holders seen by the last sweep, as the status file lists them."""
+        return [
+            {**view, "queues": sorted(view["queues"])}
+            for view in self._holders.values()
+        ]
+
+    # -- queues ---------------------------------------------------------
+
+    def _scan_queue(
+        self, queue: str, directory: Path, now: float, seen: set[str]
+    ) -> int:
+        try:
+            with os.scandir(os.fsencode(directory)) as scan:
+                names = [entry.name for entry in scan]
+        except OSError as error:
+            self._journal.failed("scan_queue", error, path=str(directory), queue=queue)
+            return 0
+        for raw in names:
+            self._guard(
+                "check_entry",
+                directory / os.fsdecode(raw),
+                self._check_entry,
+                queue,
+                directory,
+                raw,
+                now,
+                seen,
+            )
+        return len(names)
+
+    def _check_entry(
+        self,
+        queue: str,
+        directory: Path,
+        raw: bytes,
+        now: float,
+        seen: set[str] | None = None,
+    ) -> None:
+        path = directory / os.fsdecode(raw)
+        info = os.lstat(path)
+        if raw == os.fsencode(CLAIMS_DIR) and stat.S_ISDIR(info.st_mode):
+            self._scan_claims(queue, path, now)
+            return
+        name = _decoded_name(raw)
+        if name is None:
+            self._quarantine(
+                queue,
+                path,
+                Reason.BAD_NAME,
+                "the name is not valid UTF-8 or contains control characters",
+            )
+            return
+        if stat.S_ISDIR(info.st_mode) and path in self._tree_dirs:
+            return
+        reference = parse_reference_claim(name)
+        if reference is not None and stat.S_ISREG(info.st_mode):
+            self._check_reference_claim(queue, path, reference.worker, now)
+            return
+        if self._check_kind(queue, path, info, now):
+            return
+        if parse_pending_name(name) is None:
+            if not self._young(path, info, now):
+                self._quarantine(
+                    queue,
+                    path,
+                    Reason.BAD_NAME,
+                    "not an item file name: <id>.json or <rank>-<created>~<id>.json",
+                )
+            return
+        key = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+        if self._valid.get(str(path)) == key:
+            if seen is not None:
+                seen.add(str(path))
+            return
+        if self._check_content(queue, path, info, now):
+            self._valid[str(path)] = key
+            if seen is not None:
+                seen.add(str(path))
+
+    def _check_kind(
+        self, queue: str, path: Path, info: os.stat_result, now: float
+    ) -> bool:
+        """Quarantine what is not a regular file with one name; return
+        whether the entry was dealt with."""
+        mode = info.st_mode
+        if stat.S_ISLNK(mode):
+            self._quarantine(
+                queue,
+                path,
+                Reason.SYMLINK,
+                "symbolic links are not items; the target was not touched",
+            )
+        elif stat.S_ISDIR(mode):
+            self._quarantine(queue, path, Reason.DIRECTORY, "directories are not items")
+        elif not stat.S_ISREG(mode):
+            self._quarantine(
+                queue, path, Reason.SPECIAL_FILE, "only regular files are items"
+            )
+        elif info.st_nlink > 1:
+            # A push through link-and-unlink shows two names for an instant.
+            if not self._young(path, info, now):
+                self._quarantine(
+                    queue,
+                    path,
+                    Reason.HARD_LINK,
+                    f"the file has {info.st_nlink} names; another name could change it",
+                )
+        else:
+            return False
+        return True
+
+    def _check_content(
+        self, queue: str, path: Path, info: os.stat_result, now: float
+    ) -> bool:
+        """Read and check an item file; return whether it is valid."""
+        settings = self.tree.config.daemon
+        if info.st_size > settings.max_item_bytes:
+            self._quarantine(
+                queue,
+                path,
+                Reason.TOO_LARGE,
+                f"{info.st_size} bytes; the limit daemon.max_item_bytes is "
+                f"{settings.max_item_bytes}",
+            )
+            return False
+        try:
+            doc = read_item_file(path, settings.max_item_bytes)
+        except BadFile as error:
+            if error.reason in _UNFINISHED and self._young(path, info, now):
+                return False
+            self._quarantine(queue, path, error.reason, error.detail)
+            return False
+        if json_depth(doc) > settings.max_json_depth:
+            self._quarantine(
+                queue,
+                path,
+                Reason.TOO_DEEP,
+                "JSON nested deeper than the limit daemon.max_json_depth "
+                f"({settings.max_json_depth})",
+            )
+            return False
+        return self._check_route(queue, path, doc)
+
+    def _check_route(self, queue: str, path: Path, doc: dict[str, Any]) -> bool:
+        """Quarantine an item whose producer has no edge to ``queue``."""
+        config = self.tree.config
+        stage_name = doc.get("stage")
+        worker = doc.get("created_by")
+        if isinstance(stage_name, str):
+            stage = config.stages.get(stage_name)
+            producer = stage_name
+        elif isinstance(worker, str) and config.stage_for_worker(worker):
+            stage = config.stage_for_worker(worker)
+            producer = stage.name if stage else worker
+        else:
+            # NOTE: an item that names neither a stage nor a worker that
+            # the config maps to one (reference-protocol items often name
+            # neither) cannot be attributed, so it is let through.
+            return True
+        if stage is not None and queue in stage.produces:
+            return True
+        edge = f"{producer}->{queue}"
+        self._journal.count_violation(edge)
+        allowed = ", ".join(stage.produces) if stage else "nothing: unknown stage"
+        self._quarantine(
+            queue,
+            path,
+            Reason.ROUTING_VIOLATION,
+            f"stage {producer!r} may not produce into {queue!r}; "
+            f"it may produce into {allowed}",
+            extra={"stage": producer, "edge": edge, "item_id": doc.get("id")},
+        )
+        return False
+
+    def _young(self, path: Path, info: os.stat_result, now: float) -> bool:
+        """Whether a file may still be being written; if so, schedule a
+        re-check for when the grace period ends."""
+        changed = max(info.st_mtime, info.st_ctime)
+        due = changed + self.tree.config.daemon.write_grace_s
+        if now >= due:
+            return False
+        self._recheck[str(path)] = due
+        return True
+
+    def _quarantine(
+        self,
+        queue: str,
+        path: Path,
+        reason: Reason,
+        detail: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            entry = quarantine(
+                self.tree, path, reason, detail, queue=queue, extra=extra
+            )
+        except FileNotFoundError:
+            return
+        self._valid.pop(str(path), None)
+        self._recheck.pop(str(path), None)
+        self._journal.count("quarantined")
+        self._journal.record(
+            "item_quarantined",
+            "warning",
+            path=_printable(path),
+            queue=queue,
+            reason=reason.value,
+            detail=detail,
+            entry=str(entry),
+            item_id=(extra or {}).get("item_id"),
+        )
+
+    # -- claims ---------------------------------------------------------
+
+    def _scan_claims(self, queue: str, claims_dir: Path, now: float) -> None:
+        with os.scandir(claims_dir) as scan:
+            holder_dirs = [
+                claims_dir / e.name for e in scan if e.is_dir(follow_symlinks=False)
+            ]
+        for holder_dir in holder_dirs:
+            self._guard(
+                "check_holder", holder_dir, self._check_holder, queue, holder_dir, now
+            )
+
+    def _check_holder(self, queue: str, holder_dir: Path, now: float) -> None:
+        name = holder_dir.name
+        try:
+            names = sorted(os.listdir(holder_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        key = HolderKey.parse(name)
+        if key is None or not key.is_local:
+            why = "no_pid" if key is None else "other_machine"
+            self._check_leases(queue, holder_dir, names, now, why)
+            return
+        liveness = self._registry.check(key)
+        if liveness.verdict.recoverable:
+            self._recover_holder(queue, holder_dir, names, liveness)
+            return
+        self._finish_old_routes(queue, holder_dir, names, now)
+        claims = sum(1 for n in names if n.endswith(".json"))
+        self._note_holder(name, key, queue, liveness, claims)
+
+    def _check_leases(
+        self, queue: str, holder_dir: Path, names: list[str], now: float, why: str
+    ) -> None:
+        """Judge each claim of a holder that cannot be watched by its lease."""
+        holder = holder_dir.name
+        key = HolderKey.parse(holder)
+        held = 0
+        for name in names:
+            path = holder_dir / name
+            if not name.endswith(".json"):
+                continue
+            liveness = check_lease(path, self.tree.config.daemon.lease_s, now, why)
+            if liveness.verdict.recoverable and "~" not in holder:
+                self._recover(queue, path, holder, liveness, key)
+            else:
+                held += 1
+        self._finish_old_routes(queue, holder_dir, names, now)
+        if held:
+            self._note_holder(holder, key, queue, Liveness(Verdict.UNKNOWN, why), held)
+
+    def _check_reference_claim(
+        self, queue: str, path: Path, worker: str, now: float
+    ) -> None:
+        liveness = check_lease(path, self.tree.config.daemon.lease_s, now, "no_pid")
+        if liveness.verdict.recoverable:
+            self._recover(queue, path, REFERENCE_HOLDER, liveness, None, worker)
+            return
+        view_key = f"{REFERENCE_HOLDER}:{worker}"
+        view = self._holders.setdefault(
+            view_key,
+            {
+                "key": view_key,
+                "worker": worker,
+                "stage": None,
+                "pid": None,
+                "host": None,
+                "verdict": liveness.verdict.value,
+                "reason": liveness.reason,
+                "claims": 0,
+                "queues": set(),
+            },
+        )
+        view["claims"] += 1
+        view["queues"].add(queue)
+
+    def _recover_holder(
+        self, queue: str, holder_dir: Path, names: list[str], liveness: Liveness
+    ) -> None:
+        holder = holder_dir.name
+        key = HolderKey.parse(holder)
+        for name in names:
+            path = holder_dir / name
+            if name.endswith(".json"):
+                self._recover(queue, path, holder, liveness, key)
+            elif name.endswith(COMMITTED_SUFFIX):
+                self._finish_route(queue, path, holder, key)
+        for name in os.listdir(holder_dir):
+            if name.endswith(DRAFT_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    (holder_dir / name).unlink()
+                self._journal.log(
+                    "draft_removed", path=str(holder_dir / name), queue=queue
+                )
+        try:
+            holder_dir.rmdir()
+        except OSError as error:
+            self._journal.log(
+                "holder_dir_kept", "warning", path=str(holder_dir), error=error.strerror
+            )
+        self._registry.forget(key) if key else None
+
+    def _recover(
+        self,
+        queue: str,
+        path: Path,
+        holder: str,
+        liveness: Liveness,
+        key: HolderKey | None,
+        worker: str | None = None,
+    ) -> None:
+        worker = worker or self._record(holder).get("worker")
+        outcome = recovery.recover_claim(
+            self.tree, path, queue, holder, liveness, worker
+        )
+        detail = {"verdict": liveness.verdict.value, "reason": liveness.reason}
+        self._log_outcome(outcome, queue, worker, key.pid if key else None, detail)
+
+    def _finish_route(
+        self, queue: str, path: Path, holder: str, key: HolderKey | None
+    ) -> None:
+        outcome = recovery.finish_committed_route(self.tree, path, queue)
+        worker = self._record(holder).get("worker")
+        self._log_outcome(outcome, queue, worker, key.pid if key else None, {})
+
+    def _finish_old_routes(
+        self, queue: str, holder_dir: Path, names: list[str], now: float
+    ) -> None:
+        key = HolderKey.parse(holder_dir.name)
+        for name in names:
+            if not name.endswith(COMMITTED_SUFFIX):
+                continue
+            path = holder_dir / name
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            due = max(info.st_mtime, info.st_ctime) + COMMITTED_ROUTE_GRACE_S
+            if now >= due:
+                self._finish_route(queue, path, holder_dir.name, key)
+            else:
+                self._recheck[str(path)] = due
+
+    def _log_outcome(
+        self,
+        outcome: Outcome,
+        queue: str,
+        worker: str | None,
+        pid: int | None,
+        detail: dict[str, Any],
+    ) -> None:
+        fields: dict[str, Any] = {
+            "item_id": outcome.item_id,
+            "queue": queue,
+            "worker": worker,
+            "pid": pid,
+        }
+        if outcome.action == "requeued":
+            self._journal.count("recovered")
+            self._journal.record(
+                "claim_recovered",
+                "warning",
+                attempts=outcome.attempts,
+                **fields,
+                **detail,
+            )
+        elif outcome.action == "dead_lettered":
+            self._journal.count("dead_lettered")
+            self._journal.record(
+                "item_dead_lettered",
+                "error",
+                attempts=outcome.attempts,
+                **fields,
+                **detail,
+            )
+        elif outcome.action == "routed":
+            self._journal.count("routes_finished")
+            self._journal.record("route_finished", **fields)
+
+    def _finish_entry(self, path: Path) -> None:
+        if not os.path.lexists(path):
+            return
+        if path.name.count("~") < 2:
+            self._journal.log("recovering_entry_unknown", "warning", path=str(path))
+            return
+        outcome = recovery.finish_recovering(self.tree, path)
+        queue, holder, _ = path.name.split("~", 2)
+        key = HolderKey.parse(holder)
+        worker = self._record(holder).get("worker")
+        detail = {"reason": "finished after a daemon restart"}
+        self._log_outcome(outcome, queue, worker, key.pid if key else None, detail)
+
+    # -- holders --------------------------------------------------------
+
+    def _note_holder(
+        self,
+        name: str,
+        key: HolderKey | None,
+        queue: str,
+        liveness: Liveness,
+        claims: int,
+    ) -> None:
+        record = self._record(name)
+        view = self._holders.get(name)
+        if view is None:
+            view = {
+                "key": name,
+                "worker": record.get("worker"),
+                "stage": record.get("stage"),
+                "pid": key.pid if key else None,
+                "host": record.get("host"),
+                "verdict": liveness.verdict.value,
+                "reason": liveness.reason,
+                "claims": 0,
+                "queues": set(),
+            }
+            self._holders[name] = view
+        view["claims"] += claims
+        if claims:
+            view["queues"].add(queue)
+
+    def _record(self, holder: str) -> dict[str, Any]:
+        """Return the record of who a holder key belongs to, or {}."""
+        cached = self._records.get(holder)
+        if cached is not None:
+            return cached
+        try:
+            record = json.loads((self.tree.holders / f"{holder}.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(record, dict):
+            return {}
+        if len(self._records) > 10_000:
+            self._records.clear()
+        self._records[holder] = record
+        return record
+
+    def _prune_holder_records(self) -> None:
+        """Remove the records of local holders that are dead and hold no
+        claim directory any more."""
+        try:
+            names = os.listdir(self.tree.holders)
+        except FileNotFoundError:
+            return
+        for name in names:
+            key = HolderKey.parse(name.removesuffix(".json"))
+            if key is None or not key.is_local:
+                continue
+            if not self._registry.check(key).verdict.recoverable:
+                continue
+            if any(os.path.lexists(d / CLAIMS_DIR / str(key)) for d in self._targets):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (self.tree.holders / name).unlink()
+            self._records.pop(str(key), None)
+
+    # -- helpers --------------------------------------------------------
+
+    def _locate(self, path: Path) -> tuple[str, Path, tuple[str, ...]] | None:
+        for directory, queue in self._targets.items():
+            if path == directory:
+                return queue, directory, ()
+            if directory in path.parents:
+                return queue, directory, path.relative_to(directory).parts
+        return None
+
+    def _guard(
+        self, where: str, path: Path, action: Callable[..., Any], *args: Any
+    ) -> None:
+        """Run one handler; a vanished file is not an error, and any other
+        error is logged and counted without stopping the others."""
+        try:
+            action(*args)
+        except FileNotFoundError:
+            pass
+        except Exception as error:
+            self._journal.failed(where, error, path=_printable(path))
+
+
+def json_depth(document: Any) -> int:
+    """Return how deeply JSON containers nest in ``document`` (a scalar is
+    0, ``{}`` is 1), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend(
+            (child, depth + 1) for child in children if isinstance(child, dict | list)
+        )
+    return deepest
+
+
+def _decoded_name(raw: bytes) -> str | None:
+    """Return a file name as text, or None if it is not valid UTF-8 or
+    contains control characters."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        return None
+    return name
+
+
+def _printable(path: Path) -> str:
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode()

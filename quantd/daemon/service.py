@@ -1,0 +1,348 @@
+"""The daemon's lifecycle and main loop.
+
+One daemon runs per tree: it holds an exclusive ``flock`` on
+``.quantd/daemon.lock`` for its whole life (the kernel releases it when the
+process dies, even by SIGKILL) and writes its pid there.
+
+The main loop waits in one selector on the watcher's wake-up fd, the
+signal wake-up fd and one pidfd per live holder, then acts in
+:meth:`Daemon.step`. Signal handlers and the watcher thread only record
+what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import selectors
+import signal
+import time
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from quantd import __version__
+from quantd.daemon import status as status_file
+from quantd.daemon.holders import HolderRegistry, PidfdTag
+from quantd.daemon.journal import Journal
+from quantd.daemon.notify import Notifier
+from quantd.daemon.reconcile import Reconciler
+from quantd.daemon.watcher import Watcher
+from quantd.errors import QuantdError
+from quantd.holder import HolderKey, host_name
+from quantd.items import format_time
+from quantd.tree import open_tree
+
+# Upper bound of one wait: how often the observer thread's health is
+# checked and, where there are no pidfds, how often holders are polled.
+TICK_S = 1.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_WAKE_WATCHER = "watcher"
+_WAKE_SIGNAL = "signal"
+
+
+class DaemonRunning(QuantdError):
+    """Another daemon already supervises this tree."""
+
+
+class Daemon:
+    """``quantd run``: supervises one tree until SIGTERM or SIGINT."""
+
+    def __init__(self, root: str | None = None, config: str | None = None) -> None:
+        self._root_arg = root
+        self._config_arg = config
+        self.tree = open_tree(root, config)
+        self.journal = Journal()
+        self.selector = selectors.DefaultSelector()
+        self.registry = HolderRegistry(self.selector)
+        self.reconciler = Reconciler(self.tree, self.registry, self.journal)
+        self.watcher = self._new_watcher()
+        self.notifier = Notifier()
+        self._lock_fd: int | None = None
+        self._signals: list[int] = []
+        self._signal_pipe: tuple[int, int] | None = None
+        self._stopping = False
+        self._started_at = datetime.now(UTC)
+        self._last_reconcile_at: datetime | None = None
+        self._next_reconcile = 0.0
+        self._next_status = 0.0
+        self._status_due: float | None = None
+        self._last_watchdog = 0.0
+
+    # -- lifecycle ------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise the tree until a stop signal; return the exit code."""
+        self.lock()
+        self._install_signals()
+        try:
+            self.start(time.time())
+            while not self._stopping:
+                self.step(self.wait(time.time()), time.time())
+            self.shutdown()
+        finally:
+            self.close()
+        return 0
+
+    def lock(self) -> None:
+        """Take the tree's daemon lock, raising DaemonRunning if it is held."""
+        path = status_file.daemon_lock_path(self.tree)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise DaemonRunning(
+                f"another daemon (pid {holder or 'unknown'}) already supervises "
+                f"tree {self.tree.root}: it holds the lock {path}; stop it "
+                "first, or run this one on another tree"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def start(self, now: float) -> None:
+        """Recover what a crash left, start watching, sweep the whole tree,
+        then report ready."""
+        self.journal.log(
+            "daemon_started",
+            root=str(self.tree.root),
+            pid=os.getpid(),
+            version=__version__,
+        )
+        self.reconciler.finish_recovering()
+        # Watching starts before the sweep, so that nothing that changes
+        # during the sweep goes unnoticed.
+        self.watcher.start()
+        self.full_reconcile(now)
+        self.write_status(time.time())
+        self.notifier.ready()
+        self.journal.log("daemon_ready", watcher=self.watcher.mode)
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self.journal.log("daemon_stopping", pid=os.getpid())
+        self.watcher.stop()
+        self.write_status(time.time(), state="stopped")
+        self.journal.log("daemon_stopped", pid=os.getpid())
+
+    def close(self) -> None:
+        self.watcher.close()
+        self.registry.close()
+        self.selector.close()
+        self.notifier.close()
+        if self._signal_pipe is not None:
+            with contextlib.suppress(ValueError):
+                signal.set_wakeup_fd(-1)
+            for fd in self._signal_pipe:
+                os.close(fd)
+            self._signal_pipe = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _install_signals(self) -> None:
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signal_pipe = (read_fd, write_fd)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for number in (*_STOP_SIGNALS, signal.SIGHUP):
+            signal.signal(number, self._record_signal)
+        self.selector.register(read_fd, selectors.EVENT_READ, _WAKE_SIGNAL)
+
+    def _record_signal(self, number: int, frame: FrameType | None) -> None:
+        self._signals.append(number)
+
+    # -- the loop -------------------------------------------------------
+
+    def wait(self, now: float) -> list[HolderKey]:
+        """Wait for an event or the next deadline; return the holders whose
+        pidfd reported an exit."""
+        timeout = max(0.0, self._next_deadline(now) - now)
+        exited = []
+        for key, _ in self.selector.select(timeout):
+            tag = key.data
+            if isinstance(tag, PidfdTag):
+                exited.append(tag.key)
+            elif tag == _WAKE_SIGNAL:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(key.fd, 4096)
+        return exited
+
+    def step(self, exited: list[HolderKey], now: float) -> None:
+        """Act on everything recorded since the last step, at time ``now``."""
+        healthy = True
+        try:
+            self._handle_signals(now)
+            self._act(exited, now)
+        except Exception as error:
+            healthy = False
+            self.journal.failed("main_loop", error)
+        status_due = self._status_due is not None and now >= self._status_due
+        if status_due or now >= self._next_status:
+            self._guarded_status(now)
+        if healthy:
+            self._renew_watchdog(now)
+
+    def _act(self, exited: list[HolderKey], now: float) -> None:
+        if self.watcher.ensure_alive():
+            self.full_reconcile(now)
+        for key in exited:
+            self.reconciler.holder_exited(key, now)
+        for key in self.registry.poll():
+            self.reconciler.holder_exited(key, now)
+        batch = self.watcher.drain()
+        limit = self.tree.config.daemon.event_burst_limit
+        if batch.lost or batch.events > limit:
+            self.journal.count("overflows_suspected")
+            self.journal.log(
+                "events_maybe_lost",
+                "warning",
+                events=batch.events,
+                lost=batch.lost,
+                limit=limit,
+            )
+            self.full_reconcile(now)
+        else:
+            for path in batch.paths | batch.new_dirs:
+                self.reconciler.reconcile_path(path, now)
+        for path in self.reconciler.take_due(now):
+            self.reconciler.reconcile_path(path, now)
+        if now >= self._next_reconcile:
+            self.full_reconcile(now)
+        if self.journal.changed:
+            self.journal.changed = False
+            if self._status_due is None:
+                self._status_due = now + self.tree.config.daemon.status_debounce_s
+
+    def full_reconcile(self, now: float) -> dict[str, Any]:
+        summary = self.reconciler.reconcile(now)
+        self._last_reconcile_at = datetime.now(UTC)
+        self._next_reconcile = now + self.tree.config.daemon.reconcile_interval_s
+        return summary
+
+    def _next_deadline(self, now: float) -> float:
+        deadlines = [now + TICK_S, self._next_reconcile, self._next_status]
+        if self._status_due is not None:
+            deadlines.append(self._status_due)
+        due = self.reconciler.next_due()
+        if due is not None:
+            deadlines.append(due)
+        return min(deadlines)
+
+    def _handle_signals(self, now: float) -> None:
+        signals, self._signals = self._signals, []
+        for number in signals:
+            if number in _STOP_SIGNALS:
+                self._stopping = True
+                self.journal.log("signal_received", signal=signal.Signals(number).name)
+            elif number == signal.SIGHUP:
+                self.reload(now)
+
+    def reload(self, now: float) -> None:
+        """Re-read the configuration; keep the old one if the new one is
+        invalid."""
+        self.notifier.reloading()
+        try:
+            tree = open_tree(self._root_arg, self._config_arg)
+        except QuantdError as error:
+            self.journal.count("errors")
+            self.journal.log("config_reload_failed", "error", error=str(error))
+            self.notifier.ready()
+            return
+        self.tree = tree
+        self.reconciler.set_tree(tree)
+        self.watcher.close()
+        self.watcher = self._new_watcher()
+        self.watcher.start()
+        self.journal.log("config_reloaded", source=str(tree.config.source))
+        self.full_reconcile(now)
+        self.notifier.ready()
+
+    def _new_watcher(self) -> Watcher:
+        recursive = [self.tree.root / p for p in self.tree.config.targets().values()]
+        watcher = Watcher(recursive, [self.tree.recovering], self.journal)
+        self.selector_register_watcher(watcher)
+        return watcher
+
+    def selector_register_watcher(self, watcher: Watcher) -> None:
+        for key in list(self.selector.get_map().values()):
+            if key.data == _WAKE_WATCHER:
+                self.selector.unregister(key.fileobj)
+        self.selector.register(watcher.fileno(), selectors.EVENT_READ, _WAKE_WATCHER)
+
+    def _renew_watchdog(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval_s()
+        if interval is None:
+            return
+        if now - self._last_watchdog >= min(TICK_S, interval / 4):
+            self.notifier.watchdog()
+            self._last_watchdog = now
+
+    # -- status ---------------------------------------------------------
+
+    def _guarded_status(self, now: float) -> None:
+        try:
+            self.write_status(now)
+        except Exception as error:
+            self.journal.failed("write_status", error, path=str(self.tree.status_path))
+            self._next_status = now + self.tree.config.daemon.status_interval_s
+
+    def write_status(self, now: float, state: str = "running") -> None:
+        """Publish status.json and the one-line status for the service
+        manager."""
+        self._status_due = None
+        self._next_status = now + self.tree.config.daemon.status_interval_s
+        moment = datetime.fromtimestamp(now, UTC)
+        scan = status_file.scan_tree(self.tree, moment)
+        document = status_file.build_status(
+            self.tree,
+            daemon=self._daemon_section(state),
+            queues=scan["queues"],
+            holders=self.reconciler.holders(),
+            counters=self.journal.counters,
+            events=list(self.journal.events),
+            watcher=self.watcher.info(),
+            now=moment,
+        )
+        status_file.write_status(self.tree, document)
+        self.notifier.status(_summary(scan["queues"], self.journal.counters, state))
+
+    def _daemon_section(self, state: str) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "host": host_name(),
+            "version": __version__,
+            "state": state,
+            "started_at": format_time(self._started_at),
+            "last_reconcile_at": (
+                format_time(self._last_reconcile_at)
+                if self._last_reconcile_at
+                else None
+            ),
+            "reconcile_interval_s": self.tree.config.daemon.reconcile_interval_s,
+            "watched_holders": self.registry.pidfd_count,
+            "config": str(self.tree.config.source) if self.tree.config.source else None,
+        }
+
+
+def _summary(queues: dict[str, Any], counters: dict[str, Any], state: str) -> str:
+    pending = sum(
+        sum(q.get("pending", {}).values())
+        for q in queues.values()
+        if q.get("kind") == "queue"
+    )
+    claimed = sum(int(q.get("claimed", 0)) for q in queues.values())
+    return (
+        f"{state}: {pending} pending, {claimed} claimed; recovered "
+        f"{counters.get('recovered', 0)}, quarantined {counters.get('quarantined', 0)}"
+    )
+
+
+def run_daemon(root: str | None, config: str | None) -> int:
+    """Run ``quantd run`` in the foreground; return the exit code."""
+    return Daemon(root, config).run()

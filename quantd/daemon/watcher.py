@@ -1,0 +1,204 @@
+"""File-system events as hints for the main loop.
+
+watchdog's observer thread only records the paths it is told about and
+wakes the main loop through an eventfd (a pipe where there is none); the
+main loop drains the paths and reconciles them. Events are never the
+source of truth: :meth:`Watcher.drain` says when they may be incomplete
+(a new directory, an inotify queue overflow, a burst of events), and the
+main loop then reconciles the whole tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watchdog import events as watchdog_events
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from quantd.daemon.journal import Journal
+
+_EVENTS_LOST = getattr(watchdog_events, "EventsLostEvent", None)
+_WATCH_LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE)
+POLLING_INTERVAL_S = 1.0
+
+
+@dataclass
+class Batch:
+    """The paths recorded since the last drain."""
+
+    paths: set[str] = field(default_factory=set)
+    events: int = 0
+    new_dirs: set[str] = field(default_factory=set)
+    lost: bool = False
+
+
+class _Recorder(watchdog_events.FileSystemEventHandler):
+    """Runs in the observer thread: records and wakes, nothing else."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: watchdog_events.FileSystemEvent) -> None:
+        self._watcher.note(event)
+
+
+class _Wakeup:
+    """An fd that becomes readable when :meth:`set` is called."""
+
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self._read = self._write = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:
+            self._read, self._write = os.pipe()
+            os.set_blocking(self._read, False)
+            os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write, (1).to_bytes(8, "little"))
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                pass
+
+    def close(self) -> None:
+        os.close(self._read)
+        if self._write != self._read:
+            os.close(self._write)
+
+
+class Watcher:
+    """A watchdog observer over the tree's queues, outputs and recovery
+    directory, restarted when it dies."""
+
+    def __init__(
+        self, recursive: list[Path], flat: list[Path], journal: Journal
+    ) -> None:
+        self._recursive = recursive
+        self._flat = flat
+        self._journal = journal
+        self._lock = threading.Lock()
+        self._batch = Batch()
+        self._wakeup = _Wakeup()
+        self._observer: Any = None
+        self.mode = "stopped"
+        self.restarts = 0
+        self._polling_forced = False
+
+    def fileno(self) -> int:
+        return self._wakeup.fileno()
+
+    def note(self, event: watchdog_events.FileSystemEvent) -> None:
+        """Record one event; called in the observer thread."""
+        with self._lock:
+            batch = self._batch
+            batch.events += 1
+            if _EVENTS_LOST is not None and isinstance(event, _EVENTS_LOST):
+                batch.lost = True
+            for path in (event.src_path, getattr(event, "dest_path", "")):
+                if path:
+                    batch.paths.add(os.fsdecode(path))
+            if event.is_directory and event.event_type in ("created", "moved"):
+                batch.new_dirs.add(os.fsdecode(event.dest_path or event.src_path))
+        self._wakeup.set()
+
+    def drain(self) -> Batch:
+        """Take the paths recorded so far."""
+        self._wakeup.clear()
+        with self._lock:
+            batch, self._batch = self._batch, Batch()
+        return batch
+
+    def start(self) -> None:
+        """Start observing; fall back to polling when inotify runs out of
+        watches or instances."""
+        if not self._polling_forced:
+            try:
+                self._observer = self._started(Observer())
+                self.mode = _observer_mode(self._observer)
+                return
+            except OSError as error:
+                if error.errno not in _WATCH_LIMIT_ERRORS:
+                    raise
+                self._polling_forced = True
+                self._journal.count("errors")
+                self._journal.log(
+                    "watcher_limit_reached",
+                    "error",
+                    error=str(error),
+                    fix="raise the sysctl fs.inotify.max_user_watches (and "
+                    "fs.inotify.max_user_instances), then restart the daemon",
+                    fallback="polling",
+                )
+        self._observer = self._started(PollingObserver(timeout=POLLING_INTERVAL_S))
+        self.mode = "polling"
+
+    def _started(self, observer: Any) -> Any:
+        handler = _Recorder(self)
+        try:
+            for path in self._recursive:
+                observer.schedule(handler, str(path), recursive=True)
+            for path in self._flat:
+                observer.schedule(handler, str(path), recursive=False)
+            observer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                observer.stop()
+            raise
+        return observer
+
+    def ensure_alive(self) -> bool:
+        """Restart a dead observer thread; return whether it was restarted.
+
+        The caller reconciles the whole tree after a restart, since events
+        were lost while the observer was dead.
+        """
+        if self._observer is not None and self._observer.is_alive():
+            return False
+        self.restarts += 1
+        self._journal.count("watcher_restarts")
+        self._journal.record("watcher_restarted", "warning", reason="observer_died")
+        self.stop()
+        self.start()
+        return True
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return
+        with contextlib.suppress(Exception):
+            observer.stop()
+        if observer.is_alive() and observer is not threading.current_thread():
+            observer.join(timeout=5)
+
+    def close(self) -> None:
+        self.stop()
+        self._wakeup.close()
+
+    def info(self) -> dict[str, Any]:
+        alive = self._observer is not None and self._observer.is_alive()
+        return {"mode": self.mode, "alive": alive, "restarts": self.restarts}
+
+    @property
+    def observer(self) -> Any:
+        """The running watchdog observer, for tests that stop it."""
+        return self._observer
+
+
+def _observer_mode(observer: Any) -> str:
+    name = type(observer).__name__.lower()
+    for mode in ("inotify", "fsevents", "kqueue", "windows", "polling"):
+        if mode in name:
+            return mode
+    return name.removesuffix("observer")
