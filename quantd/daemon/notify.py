@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 import structlog
 
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"
 WATCHDOG_PID_ENV = "WATCHDOG_PID"
-
-_logger = structlog.get_logger(__name__)
 
 
 class Notifier:
@@ -105,7 +104,7 @@ class Notifier:
         if kind in self._failures:
             return
         self._failures.add(kind)
-        _logger.warning(
+        _log().warning(
             "notify_failed",
             socket=os.fsdecode(self.address or b""),
             error=str(error),
@@ -120,7 +119,7 @@ def _parse_address(path: str) -> bytes | None:
         return b"\0" + path[1:].encode()
     if path.startswith("/"):
         return path.encode()
-    _logger.warning(
+    _log().warning(
         "notify_socket_unsupported",
         socket=path,
         reason="only absolute paths and '@' abstract names are supported; "
@@ -139,3 +138,9 @@ def watchdog_interval_s() -> float | None:
     if pid and pid != str(os.getpid()):
         return None
     return int(usec) / 1_000_000
+
+
+def _log() -> Any:
+    # A fresh logger per call: with cache_logger_on_first_use, a logger
+    # kept at module level would keep the configuration of its first use.
+    return structlog.get_logger(__name__)

@@ -56,7 +56,6 @@ REFERENCE_HOLDER = "reference"
 
 _PRIORITY_BY_RANK = {p.rank: p.value for p in Priority}
 _NAME_TIME_FORMAT = "%Y%m%dT%H%M%S%f"
-_logger = structlog.get_logger(__name__)
 _warned_groups: set[str] = set()
 
 
@@ -390,7 +389,7 @@ def _warn_group_once(group: str, message: str) -> None:
     if group in _warned_groups:
         return
     _warned_groups.add(group)
-    _logger.warning("status_group_unusable", group=group, reason=message)
+    _log().warning("status_group_unusable", group=group, reason=message)
 
 
 def read_status(tree: Tree) -> dict[str, Any] | None:
@@ -573,3 +572,9 @@ def _document_for(
         watcher={},
         now=now,
     )
+
+
+def _log() -> Any:
+    # A fresh logger per call: with cache_logger_on_first_use, a logger
+    # kept at module level would keep the configuration of its first use.
+    return structlog.get_logger(__name__)
