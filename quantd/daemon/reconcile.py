@@ -36,7 +36,7 @@ from quantd.filestore import (
 )
 from quantd.holder import HolderKey
 from quantd.items import parse_pending_name, parse_reference_claim
-from quantd.liveness import Liveness, Verdict, check_lease
+from quantd.liveness import Liveness, Verdict, check_lease, last_heartbeat
 from quantd.quarantine import Reason, quarantine
 from quantd.recovery import REFERENCE_HOLDER, Outcome
 from quantd.tree import CLAIMS_DIR, Tree
@@ -44,6 +44,9 @@ from quantd.tree import CLAIMS_DIR, Tree
 # A committed route is finished by its worker within milliseconds; the
 # daemon finishes one that is older than this, whoever holds it.
 COMMITTED_ROUTE_GRACE_S = 2.0
+# A lease is judged again this long after it would run out, so that the
+# re-check does not land a hair before the expiry.
+LEASE_RECHECK_MARGIN_S = 0.05
 # Reasons that a file still being written shows until it is complete.
 _UNFINISHED = (Reason.EMPTY_FILE, Reason.INVALID_JSON)
 _ValidKey = tuple[int, int, int, int]
@@ -416,7 +419,7 @@ class Reconciler:
             path = holder_dir / name
             if not name.endswith(".json"):
                 continue
-            liveness = check_lease(path, self.tree.config.daemon.lease_s, now, why)
+            liveness = self._judge_lease(path, now, why)
             if liveness.verdict.recoverable and "~" not in holder:
                 self._recover(queue, path, holder, liveness, key)
             else:
@@ -425,10 +428,20 @@ class Reconciler:
         if held:
             self._note_holder(holder, key, queue, Liveness(Verdict.UNKNOWN, why), held)
 
+    def _judge_lease(self, path: Path, now: float, why: str) -> Liveness:
+        """Judge a claim by its lease; schedule a re-check for when a lease
+        that still runs would expire."""
+        lease_s = self.tree.config.daemon.lease_s
+        liveness = check_lease(path, lease_s, now, why)
+        renewed = last_heartbeat(path)
+        if not liveness.verdict.recoverable and renewed is not None:
+            self._recheck[str(path)] = renewed + lease_s + LEASE_RECHECK_MARGIN_S
+        return liveness
+
     def _check_reference_claim(
         self, queue: str, path: Path, worker: str, now: float
     ) -> None:
-        liveness = check_lease(path, self.tree.config.daemon.lease_s, now, "no_pid")
+        liveness = self._judge_lease(path, now, "no_pid")
         if liveness.verdict.recoverable:
             self._recover(queue, path, REFERENCE_HOLDER, liveness, None, worker)
             return
