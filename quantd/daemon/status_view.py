@@ -56,8 +56,9 @@ def _render_daemon(
         return [
             *lines,
             _labelled("daemon", "NOT RUNNING, so the counts below were read from the"),
-            _labelled("", "tree just now. Start the daemon with"),
-            _labelled("", f"'quantd run --root {root}' or 'systemctl start quantd'."),
+            _labelled("", "tree just now. Start the daemon with one of:"),
+            f"  quantd run --root {root}",
+            "  systemctl start quantd  (systemctl --user start quantd for a user unit)",
         ]
     if state is DaemonState.UNKNOWN:
         pid = daemon.get("pid")
