@@ -1,0 +1,195 @@
+"""The daemon's lifecycle: one per tree, signals, reloads, the watcher, and
+bad input end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_support import (
+    Daemons,
+    configure,
+    quarantine_entries,
+    read_json,
+    reasons,
+    wait_for,
+)
+
+import quantd
+from quantd.daemon.service import Daemon
+from quantd.tree import Tree
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    started = Daemons(tmp_path)
+    try:
+        yield started
+    finally:
+        started.kill_all()
+
+
+@pytest.fixture
+def quick_tree(tmp_path: Path) -> Tree:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    return configure(root, write_grace_s=0.2, status_debounce_s=0.05)
+
+
+@pytest.fixture
+def in_process(quick_tree: Tree) -> Iterator[Daemon]:
+    """A Daemon object driven by the test, without its lock or signals."""
+    daemon = Daemon(str(quick_tree.root))
+    try:
+        yield daemon
+    finally:
+        daemon.watcher.stop()
+        daemon.close()
+
+
+@pytest.mark.timeout(120)
+def test_second_daemon_exits(quick_tree: Tree, daemons: Daemons) -> None:
+    first = daemons.start(quick_tree.root)
+
+    second = daemons.start(quick_tree.root, ready=False)
+
+    assert second.process.wait(timeout=60) == 1
+    assert f"pid {first.pid}" in second.text()
+    assert first.process.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_writes_final_status(quick_tree: Tree, daemons: Daemons) -> None:
+    daemon = daemons.start(quick_tree.root)
+
+    assert daemon.stop() == 0
+
+    document = read_json(quick_tree.status_path)
+    assert document["daemon"]["pid"] == daemon.pid
+    assert document["daemon"]["state"] == "stopped"
+    assert daemon.event("daemon_stopping") is not None
+    assert daemon.event("daemon_stopped") is not None
+
+
+@pytest.mark.timeout(120)
+def test_sighup_broken_config_kept(quick_tree: Tree, daemons: Daemons) -> None:
+    daemon = daemons.start(quick_tree.root)
+    config = quick_tree.root / "quantd.toml"
+    good = config.read_text()
+    config.write_text("[daemon\nbroken")
+
+    daemon.signal(signal.SIGHUP)
+
+    wait_for(lambda: daemon.event("config_reload_failed"), what="reload failure")
+    assert daemon.process.poll() is None
+    bad = quick_tree.queue_dir("to-convert") / "junk.json"
+    bad.write_bytes(b"{")
+    wait_for(lambda: not bad.exists(), what="quarantine after a failed reload")
+
+    config.write_text(good)
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: daemon.event("config_reloaded"), what="reload")
+    assert daemon.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_quarantined_end_to_end(
+    quick_tree: Tree, daemons: Daemons, tmp_path: Path
+) -> None:
+    daemons.start(quick_tree.root)
+    directory = quick_tree.queue_dir("to-backtest")
+    target = tmp_path / "target.json"
+    target.write_bytes(b'{"id": "t1", "payload": {}}')
+    cases = {
+        "a.json": b"{not json",
+        "b.json": b'{"id": "b", "payload": 3}',
+        "c.json": b"",
+        "v.json": b'{"id": "v", "stage": "researcher", "payload": {}}',
+    }
+    for name, data in cases.items():
+        (directory / name).write_bytes(data)
+    (directory / "link.json").symlink_to(target)
+    os.mkfifo(directory / "pipe.json")
+    (directory / "sub").mkdir()
+    with open(os.path.join(os.fsencode(directory), b"\xfe.json"), "wb") as file:
+        file.write(b"{}")
+
+    wait_for(lambda: len(os.listdir(directory)) == 0, what="an empty queue")
+
+    assert sorted(reasons(quick_tree)) == sorted(
+        [
+            "invalid_json",
+            "invalid_item",
+            "empty_file",
+            "routing_violation",
+            "symlink",
+            "special_file",
+            "directory",
+            "bad_name",
+        ]
+    )
+    for entry in quarantine_entries(quick_tree):
+        record = read_json(entry / "reason.json")
+        name = os.fsdecode(bytes.fromhex(record["original_name_hex"]))
+        if name in cases:
+            assert (entry / "item").read_bytes() == cases[name]
+    assert target.read_bytes() == b'{"id": "t1", "payload": {}}'
+    assert os.listdir(directory) == []
+
+
+def test_dead_observer_restarted(in_process: Daemon, quick_tree: Tree) -> None:
+    now = time.time()
+    in_process.start(now)
+    observer = in_process.watcher.observer
+    observer.stop()
+    observer.join(timeout=30)
+    bad = quick_tree.queue_dir("to-convert") / "missed.json"
+    bad.write_bytes(b"{")
+
+    in_process.step([], now + 1)
+
+    assert not bad.exists()
+    assert in_process.journal.counters["watcher_restarts"] == 1
+    assert in_process.watcher.info()["alive"] is True
+
+
+def test_dropped_events_caught_by_sweep(in_process: Daemon, quick_tree: Tree) -> None:
+    now = time.time()
+    in_process.start(now)
+    bad = quick_tree.queue_dir("to-convert") / "missed.json"
+    bad.write_bytes(b"{")
+    wait_for(lambda: in_process.watcher._batch.events, what="the event")
+    in_process.watcher.drain()
+
+    in_process.step([], now + 1)
+    assert bad.exists()
+
+    interval = quick_tree.config.daemon.reconcile_interval_s
+    in_process.step([], now + interval + 1)
+    assert not bad.exists()
+
+
+def test_event_burst_triggers_full_sweep(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    tree = configure(root, event_burst_limit=5)
+    daemon = Daemon(str(root))
+    try:
+        now = time.time()
+        daemon.start(now)
+        directory = tree.queue_dir("to-convert")
+        for n in range(10):
+            (directory / f"x{n}.json").write_bytes(b"{}")
+        wait_for(lambda: daemon.watcher._batch.events > 5, what="a burst")
+
+        daemon.step([], now + 60)
+
+        assert daemon.journal.counters["overflows_suspected"] == 1
+        assert len(quarantine_entries(tree)) == 10
+    finally:
+        daemon.watcher.stop()
+        daemon.close()
