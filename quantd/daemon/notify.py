@@ -23,9 +23,9 @@ WATCHDOG_PID_ENV = "WATCHDOG_PID"
 class Notifier:
     """Send state changes to the service manager.
 
-    ``socket_path`` defaults to ``$NOTIFY_SOCKET``. A failed send is logged
-    once per kind of error and never raised: a lost notification must not
-    stop the daemon.
+    ``socket_path`` defaults to ``$NOTIFY_SOCKET``. A send that fails with
+    OSError is logged once per kind of error and not raised, because a lost
+    notification must not stop the daemon.
     """
 
     def __init__(self, socket_path: str | None = None) -> None:

@@ -49,8 +49,8 @@ DAEMON_LOCK_NAME = "daemon.lock"
 STALE_INTERVALS = 3
 MAX_EVENTS = 20
 # Reference-protocol items (``<id>.json``) carry their priority inside the
-# file. Up to this many per queue are opened to read it; the rest count as
-# low, so that a scan stays a directory listing on a large queue.
+# file. A scan opens up to this many per queue to read it. The rest count
+# as low, so that a scan of a large queue stays a directory listing.
 MAX_REFERENCE_READS = 256
 REFERENCE_HOLDER = "reference"
 

@@ -11,7 +11,7 @@ from quantd.items import Priority, parse_time
 
 
 class DaemonState(enum.StrEnum):
-    """What ``quantd status`` found out about the daemon."""
+    """The daemon's state as ``quantd status`` determines it."""
 
     RUNNING = "running"
     STALE = "stale"
@@ -49,8 +49,6 @@ def _render_daemon(
     document: dict[str, Any], state: DaemonState, now: datetime
 ) -> list[str]:
     root = document.get("root") or "."
-    daemon = document.get("daemon") or {}
-    generated = document.get("generated_at")
     lines = [f"quantd status of {root}"]
     if state is DaemonState.NOT_RUNNING:
         return [
@@ -61,20 +59,27 @@ def _render_daemon(
             "  systemctl start quantd  (systemctl --user start quantd for a user unit)",
         ]
     if state is DaemonState.UNKNOWN:
-        pid = daemon.get("pid")
-        holder = f"pid {pid}" if pid else "a process"
         return [
             *lines,
-            _labelled("daemon", f"UNKNOWN: {holder} holds the daemon lock, but"),
+            _labelled("daemon", "UNKNOWN: a process holds the daemon lock, but"),
             _labelled("", "status.json is missing or unreadable. The counts below"),
             _labelled("", "were read from the tree just now."),
         ]
+    return [*lines, *_render_health(document, state, now)]
+
+
+def _render_health(
+    document: dict[str, Any], state: DaemonState, now: datetime
+) -> list[str]:
+    daemon = document.get("daemon") or {}
     description = f"pid {daemon.get('pid')} on {daemon.get('host')}"
     description += f", version {daemon.get('version')}"
     started = _age(daemon.get("started_at"), now)
     if started is not None:
         description += f", up {started}"
-    lines.append(_labelled("daemon", f"{state.value.upper()}: {description}"))
+    lines = [_labelled("daemon", f"{state.value.upper()}: {description}")]
+
+    generated = document.get("generated_at")
     age = _age(generated, now)
     if state is DaemonState.STALE:
         lines.append(
@@ -83,6 +88,7 @@ def _render_daemon(
         lines.append(_labelled("", "queue and holder counts below were read just now."))
     else:
         lines.append(_labelled("status", f"generated {generated} ({age} ago)"))
+
     lines.append(_labelled("watcher", _describe_watcher(document, daemon, now)))
     return lines
 
