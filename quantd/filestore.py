@@ -84,11 +84,18 @@ class Holder:
         }
 
 
+# A listed pending item: (priority rank, creation time, file name, stem).
+# A plain tuple, because sorting thousands of dataclass keys per listing
+# is several times slower.
+_Entry = tuple[int, str, str, str]
+
+
 @dataclass
 class _Listing:
-    entries: list[tuple[SortKey, str, str]] = field(default_factory=list)
+    entries: list[_Entry] = field(default_factory=list)
     mtime_ns: int = -1
     listed_at: float = 0.0
+    cost_s: float = 0.0
     stale: bool = True
 
 
@@ -242,7 +249,7 @@ class FileStore:
             ]
             if not heads:
                 return None
-            (_, pending, stem), queue = min(heads)
+            (_, _, pending, stem), queue = min(heads)
             self._listings[queue].entries.pop()
             item = self._take(queue, pending, stem, holder)
             if item is not None:
@@ -300,12 +307,16 @@ class FileStore:
         # would report an empty queue while an item waits.
         fresh = bool(listing.entries) and not listing.stale
         fresh = fresh and age < RELIST_MAX_AGE_S
-        if fresh and (not changed or age < RELIST_MIN_INTERVAL_S):
+        # A large queue is listed again at most once per 10 listing times,
+        # so that listing takes at most a tenth of a busy claimer's time.
+        interval = max(RELIST_MIN_INTERVAL_S, 10 * listing.cost_s)
+        if fresh and (not changed or age < interval):
             return
         self._list(queue, queue_dir, listing, mtime_ns)
 
     def _list(self, queue: str, queue_dir: Path, listing: _Listing, mtime: int) -> None:
-        entries: list[tuple[SortKey, str, str]] = []
+        started = time.monotonic()
+        entries: list[_Entry] = []
         with os.scandir(queue_dir) as scan:
             for entry in scan:
                 parsed = parse_pending_name(entry.name)
@@ -313,11 +324,12 @@ class FileStore:
                     continue
                 key = parsed.key or self._reference_key(queue, entry)
                 if key is not None:
-                    entries.append((key, entry.name, parsed.stem))
+                    entries.append((key.rank, key.created, entry.name, parsed.stem))
         entries.sort(reverse=True)
         listing.entries = entries
         listing.mtime_ns = mtime
         listing.listed_at = time.monotonic()
+        listing.cost_s = listing.listed_at - started
         listing.stale = False
 
     def _reference_key(self, queue: str, entry: os.DirEntry[str]) -> SortKey | None:
