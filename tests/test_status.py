@@ -260,10 +260,12 @@ def test_status_file_replaces_old_content(tree: Tree) -> None:
 
 
 def test_status_group_applied(tmp_path: Path) -> None:
+    # root may give the file any group, so a group other than its own
+    # proves the chown; other users can only use their own groups.
+    group = grp.getgrgid(os.getgid())
     if os.geteuid() == 0:
-        group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
-    else:
-        group = grp.getgrgid(os.getgid())
+        others = [g for g in grp.getgrall() if g.gr_gid != os.getgid()]
+        group = others[0] if others else group
     tree = make_tree(tmp_path / "tree", status_group=group.gr_name)
 
     with structlog.testing.capture_logs() as logs:
@@ -680,6 +682,27 @@ def test_render_not_running_says_how_to_start(tree: Tree) -> None:
 )
 def test_format_duration(seconds: float, expected: str) -> None:
     assert format_duration(seconds) == expected
+
+
+def test_render_events_skip_empty_fields(tree: Tree) -> None:
+    now = datetime.now(UTC)
+    event = {"at": "2026-12-04T15:59:34.000000Z", "event": "claim_recovered"}
+    event.update({"item_id": "hyp-1", "queue": "hypotheses", "pid": None})
+    document = build_status(
+        tree,
+        daemon={},
+        queues={},
+        holders=[],
+        counters={},
+        events=[event],
+        watcher={},
+        now=now,
+    )
+
+    text = render_status(document, daemon_state="running", now=now)
+
+    assert "15:59:34  claim_recovered  item_id=hyp-1 queue=hypotheses" in text
+    assert "pid=None" not in text
 
 
 def test_build_status_keeps_last_events(tree: Tree) -> None:

@@ -77,7 +77,13 @@ def scan_tree(
     """Count pending and claimed items of every queue, output and archive,
     and judge every claim holder, reading the tree without changing it.
 
-    ``lease_s`` defaults to the config's ``daemon.lease_s``.
+    Returns ``{"queues": {name: {"pending": {"high", "medium", "low"},
+    "claimed", "oldest_pending_created_at", "kind", "items"}}, "holders":
+    [{"key", "worker", "stage", "pid", "host", "verdict", "reason",
+    "claims", "queues"}]}``. ``items`` is the pending total of a queue or
+    output and the item count of an archive, whose other counts are 0.
+    Only holders with at least one claim are listed. ``lease_s`` defaults
+    to the config's ``daemon.lease_s``.
     """
     lease = tree.config.daemon.lease_s if lease_s is None else lease_s
     queues: dict[str, Any] = {}

@@ -180,7 +180,9 @@ def _render_events(events: list[dict[str, Any]]) -> list[str]:
         fields = dict(event)
         moment = str(fields.pop("at", fields.pop("timestamp", "")))
         name = str(fields.pop("event", "?"))
-        detail = " ".join(f"{key}={value}" for key, value in fields.items())
+        detail = " ".join(
+            f"{key}={value}" for key, value in fields.items() if value is not None
+        )
         lines.append(f"  {moment[11:19] or '--:--:--'}  {name}  {detail}".rstrip())
     return lines
 
