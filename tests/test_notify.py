@@ -16,7 +16,7 @@ import structlog
 
 from quantd.daemon.notify import Notifier, watchdog_interval_s
 
-# sockaddr_un's sun_path holds 108 bytes on Linux, its terminating NUL
+# sockaddr_un's sun_path is 108 bytes on Linux, its terminating NUL
 # included.
 MAX_SOCKET_PATH = 107
 RECEIVE_TIMEOUT_S = 30.0
