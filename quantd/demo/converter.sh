@@ -62,7 +62,7 @@ finish() {
         log claim_lost "item_id=$id"
     else
         log finish_failed "item_id=$id status=$status" \
-            "reason=\"$(tr '\n' ' ' <"$scratch/finish.err")\""
+            "reason=\"$(paste -sd ' ' "$scratch/finish.err")\""
     fi
     return 1
 }
@@ -77,7 +77,7 @@ while [ $stopping -eq 0 ]; do
     fi
     if [ $status -ne 0 ]; then
         log claim_failed "status=$status" \
-            "reason=\"$(tr '\n' ' ' <"$scratch/claim.err")\""
+            "reason=\"$(paste -sd ' ' "$scratch/claim.err")\""
         sleep 1
         continue
     fi
@@ -91,7 +91,7 @@ while [ $stopping -eq 0 ]; do
             log item_routed "item_id=$id to=to-backtest"
         continue
     fi
-    reason=$(tr '\n' ' ' <"$scratch/spec.err")
+    reason=$(paste -sd ' ' "$scratch/spec.err")
     if [ $status -ne $invalid_input ]; then
         reason="converter filter exited with status $status: $reason"
     fi
