@@ -25,6 +25,8 @@ CONFIG_ENV = "QUANTD_CONFIG"
 ROOT_ENV = "QUANTD_ROOT"
 CONFIG_FILE_NAME = "quantd.toml"
 _NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_TOP_LEVEL_KEYS = {"tree", "queues", "outputs", "archives", "stages", "daemon"}
+_TREE_KEYS = {"durable", "quarantine", "root"}
 
 
 @dataclass(frozen=True)
@@ -220,14 +222,24 @@ class _Reader:
             self.check_name(name, f"{key}.{name}")
             if not isinstance(path, str) or not path:
                 raise self.fail(f"{key}.{name}", "must be a non-empty path string")
-            if Path(path).is_absolute() or ".." in Path(path).parts:
-                raise self.fail(
-                    f"{key}.{name}",
-                    f"path {path!r} must be relative to the tree root and "
-                    "stay inside it",
-                )
+            self.check_path(path, f"{key}.{name}")
             result[name] = path
         return result
+
+    def check_path(self, path: str, key: str) -> None:
+        parts = Path(os.path.normpath(path)).parts
+        if Path(path).is_absolute() or ".." in Path(path).parts:
+            raise self.fail(
+                key,
+                f"path {path!r} must be relative to the tree root and stay inside it",
+            )
+        # normpath(".") has no parts.
+        if not parts or parts[0] == ".quantd":
+            raise self.fail(
+                key,
+                f"path {path!r} must name a subdirectory of the tree root "
+                "outside .quantd",
+            )
 
     def check_name(self, name: str, key: str) -> None:
         if not _NAME_PATTERN.fullmatch(name):
@@ -241,7 +253,9 @@ class _Reader:
 def parse_config(document: Mapping[str, Any], source: Path | None) -> Config:
     """Validate a parsed TOML document and build a Config."""
     reader = _Reader(source)
+    _reject_unknown_keys(reader, document, _TOP_LEVEL_KEYS, "")
     tree = reader.table(document, "tree")
+    _reject_unknown_keys(reader, tree, _TREE_KEYS, "tree.")
     queues = reader.paths(reader.table(document, "queues"), "queues")
     outputs = reader.paths(reader.table(document, "outputs"), "outputs")
     archives = reader.paths(reader.table(document, "archives"), "archives")
@@ -250,14 +264,17 @@ def parse_config(document: Mapping[str, Any], source: Path | None) -> Config:
     for required in ("completed", "failed"):
         if required not in archives:
             raise reader.fail(f"archives.{required}", "is required")
+    quarantine = _string(reader, tree, "tree.quarantine", "quarantine")
+    reader.check_path(quarantine, "tree.quarantine")
     _check_unique_targets(reader, queues, outputs, archives)
+    _check_separate_paths(reader, queues, outputs, archives, quarantine)
     stages = _parse_stages(reader, document, queues, outputs)
     return Config(
         queues=queues,
         outputs=outputs,
         archives=archives,
         stages=stages,
-        quarantine=_string(reader, tree, "tree.quarantine", "quarantine"),
+        quarantine=quarantine,
         durable=_boolean(reader, tree, "tree.durable", True),
         root=_optional_string(reader, tree, "tree.root"),
         daemon=_parse_daemon(reader, reader.table(document, "daemon")),
@@ -280,11 +297,49 @@ def _check_unique_targets(
                     "names must be unique across queues, outputs and archives",
                 )
             seen[name] = section
-    paths = [*queues.values(), *outputs.values(), *archives.values()]
-    normalised = [os.path.normpath(p) for p in paths]
-    for path in normalised:
-        if normalised.count(path) > 1:
-            raise reader.fail("queues", f"path {path!r} is used more than once")
+
+
+def _check_separate_paths(
+    reader: _Reader,
+    queues: Mapping[str, str],
+    outputs: Mapping[str, str],
+    archives: Mapping[str, str],
+    quarantine: str,
+) -> None:
+    """Reject two directories that are the same or nested: a claimer would
+    take the inner directory's entries, or a directory itself, for items."""
+    keyed = [
+        *((f"queues.{n}", p) for n, p in queues.items()),
+        *((f"outputs.{n}", p) for n, p in outputs.items()),
+        *((f"archives.{n}", p) for n, p in archives.items()),
+        ("tree.quarantine", quarantine),
+    ]
+    seen: list[tuple[str, tuple[str, ...]]] = []
+    for key, path in keyed:
+        parts = Path(os.path.normpath(path)).parts
+        for other_key, other in seen:
+            if parts == other:
+                raise reader.fail(
+                    key, f"path {path!r} is already used by '{other_key}'"
+                )
+            shorter = min(len(parts), len(other))
+            if parts[:shorter] == other[:shorter]:
+                raise reader.fail(
+                    key,
+                    f"path {path!r} and the path of '{other_key}' are nested; "
+                    "give every queue, output, archive and the quarantine a "
+                    "directory of its own",
+                )
+        seen.append((key, parts))
+
+
+def _reject_unknown_keys(
+    reader: _Reader, table: Mapping[str, Any], known: set[str], prefix: str
+) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known))
+        raise reader.fail(f"{prefix}{unknown[0]}", f"unknown key; known: {allowed}")
 
 
 def _parse_stages(
