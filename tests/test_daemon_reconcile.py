@@ -24,7 +24,7 @@ from daemon_support import (
 import quantd
 from quantd.daemon.holders import HolderRegistry
 from quantd.daemon.journal import Journal
-from quantd.daemon.reconcile import Reconciler, json_depth
+from quantd.daemon.reconcile import Reconciler, nested_deeper_than
 from quantd.filestore import COMMITTED_SUFFIX, DRAFT_SUFFIX
 from quantd.holder import HolderKey, machine_id, process_start
 from quantd.tree import CLAIMS_DIR, Tree
@@ -511,7 +511,9 @@ def test_claims_dir_not_quarantined(small_tree: Tree, reconciler: Reconciler) ->
     assert quarantine_entries(small_tree) == []
 
 
-def test_json_depth() -> None:
-    assert json_depth(1) == 0
-    assert json_depth({}) == 1
-    assert json_depth({"a": [1, {"b": []}]}) == 4
+def test_nesting_depth() -> None:
+    assert not nested_deeper_than(1, 0)
+    assert nested_deeper_than({}, 0)
+    assert not nested_deeper_than({}, 1)
+    assert not nested_deeper_than({"a": [1, {"b": []}]}, 4)
+    assert nested_deeper_than({"a": [1, {"b": []}]}, 3)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quantd import recovery
+from quantd import fsutil, recovery
 from quantd.daemon.holders import HolderRegistry
 from quantd.daemon.journal import Journal
 from quantd.filestore import (
@@ -44,12 +45,20 @@ from quantd.tree import CLAIMS_DIR, Tree
 # A committed route is finished by its worker within milliseconds; the
 # daemon finishes one that is older than this, whoever holds it.
 COMMITTED_ROUTE_GRACE_S = 2.0
+# The files found valid, keyed by inode, mtime, ctime and size. The kernel
+# sets ctime on every change to a file, content or name, so an entry
+# matches only a file that did not change since it was checked.
+CHECKED_CACHE = "checked.json"
 # A lease is judged again this long after it would run out, so that the
 # re-check does not land a hair before the expiry.
 LEASE_RECHECK_MARGIN_S = 0.05
 # Reasons that a file still being written shows until it is complete.
 _UNFINISHED = (Reason.EMPTY_FILE, Reason.INVALID_JSON)
 _ValidKey = tuple[int, int, int, int]
+_CLAIMS_DIR_BYTES = os.fsencode(CLAIMS_DIR)
+# json.loads builds exactly these types for JSON objects and arrays.
+_CONTAINERS = (dict, list)
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class Reconciler:
@@ -154,6 +163,29 @@ class Reconciler:
             path = self.tree.recovering / name
             self._guard("finish_recovering", path, self._finish_entry, path)
 
+    def load_checked(self) -> int:
+        """Load the files that an earlier daemon found valid; return how
+        many. A missing or unreadable cache only costs re-reading files."""
+        try:
+            document = json.loads((self.tree.internal / CHECKED_CACHE).read_bytes())
+            entries = document["entries"] if document["version"] == 1 else {}
+            self._valid = {
+                str(path): (int(a), int(b), int(c), int(d))
+                for path, (a, b, c, d) in entries.items()
+            }
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            self._journal.log("checked_cache_unused", error=str(error))
+            self._valid = {}
+        return len(self._valid)
+
+    def save_checked(self) -> None:
+        """Save the files found valid, so that a restart need not read
+        them again."""
+        document = {"version": 1, "entries": self._valid}
+        data = json.dumps(document, separators=(",", ":")).encode()
+        target = self.tree.internal / CHECKED_CACHE
+        fsutil.replace_file(self.tree.tmp, target, data, durable=False)
+
     def take_due(self, now: float) -> list[str]:
         """Return the paths whose re-check is due, and forget them."""
         due = [p for p, at in self._recheck.items() if at <= now]
@@ -183,16 +215,13 @@ class Reconciler:
             self._journal.failed("scan_queue", error, path=str(directory), queue=queue)
             return 0
         for raw in names:
-            self._guard(
-                "check_entry",
-                directory / os.fsdecode(raw),
-                self._check_entry,
-                queue,
-                directory,
-                raw,
-                now,
-                seen,
-            )
+            try:
+                self._check_entry(queue, directory, raw, now, seen)
+            except FileNotFoundError:
+                pass
+            except Exception as error:
+                path = os.path.join(os.fsencode(directory), raw)
+                self._journal.failed("check_entry", error, path=_printable(path))
         return len(names)
 
     def _check_entry(
@@ -203,9 +232,17 @@ class Reconciler:
         now: float,
         seen: set[str] | None = None,
     ) -> None:
-        path = directory / os.fsdecode(raw)
-        info = os.lstat(path)
-        if raw == os.fsencode(CLAIMS_DIR) and stat.S_ISDIR(info.st_mode):
+        text = os.path.join(str(directory), os.fsdecode(raw))
+        info = os.lstat(text)
+        # Only regular files that passed every check are cached, so an
+        # unchanged entry needs no more than this lstat.
+        key = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+        if self._valid.get(text) == key:
+            if seen is not None:
+                seen.add(text)
+            return
+        path = Path(text)
+        if raw == _CLAIMS_DIR_BYTES and stat.S_ISDIR(info.st_mode):
             self._scan_claims(queue, path, now)
             return
         name = _decoded_name(raw)
@@ -234,15 +271,10 @@ class Reconciler:
                     "not an item file name: <id>.json or <rank>-<created>~<id>.json",
                 )
             return
-        key = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
-        if self._valid.get(str(path)) == key:
-            if seen is not None:
-                seen.add(str(path))
-            return
         if self._check_content(queue, path, info, now):
-            self._valid[str(path)] = key
+            self._valid[text] = key
             if seen is not None:
-                seen.add(str(path))
+                seen.add(text)
 
     def _check_kind(
         self, queue: str, path: Path, info: os.stat_result, now: float
@@ -297,7 +329,7 @@ class Reconciler:
                 return False
             self._quarantine(queue, path, error.reason, error.detail)
             return False
-        if json_depth(doc) > settings.max_json_depth:
+        if nested_deeper_than(doc, settings.max_json_depth):
             self._quarantine(
                 queue,
                 path,
@@ -666,24 +698,21 @@ class Reconciler:
             self._journal.failed(where, error, path=_printable(path))
 
 
-def json_depth(document: Any) -> int:
-    """Return how deeply JSON containers nest in ``document`` (a scalar is
-    0, ``{}`` is 1), without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend(
-            (child, depth + 1) for child in children if isinstance(child, dict | list)
-        )
-    return deepest
+def nested_deeper_than(document: Any, limit: int) -> bool:
+    """Return whether JSON containers nest more than ``limit`` levels deep in
+    ``document`` (``{}`` is one level), walking one level at a time."""
+    level = [document] if type(document) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for value in level:
+            children = value.values() if type(value) is dict else value
+            below += [child for child in children if type(child) in _CONTAINERS]
+        level = below
+    return False
 
 
 def _decoded_name(raw: bytes) -> str | None:
@@ -693,10 +722,10 @@ def _decoded_name(raw: bytes) -> str | None:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+    if _CONTROL_CHARACTERS.search(name):
         return None
     return name
 
 
-def _printable(path: Path) -> str:
+def _printable(path: str | bytes | Path) -> str:
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode()

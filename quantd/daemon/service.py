@@ -38,6 +38,8 @@ from quantd.tree import open_tree
 # Upper bound of one wait: how often the observer thread's health is
 # checked and, where there are no pidfds, how often holders are polled.
 TICK_S = 1.0
+# How often the cache of files found valid is saved, besides at shutdown.
+CACHE_SAVE_INTERVAL_S = 300.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _WAKE_WATCHER = "watcher"
 _WAKE_SIGNAL = "signal"
@@ -70,6 +72,7 @@ class Daemon:
         self._next_status = 0.0
         self._status_due: float | None = None
         self._last_watchdog = 0.0
+        self._next_cache_save = 0.0
 
     # -- lifecycle ------------------------------------------------------
 
@@ -116,6 +119,7 @@ class Daemon:
             version=__version__,
         )
         self.reconciler.finish_recovering()
+        self.reconciler.load_checked()
         # Watching starts before the sweep, so that nothing that changes
         # during the sweep goes unnoticed.
         self.watcher.start()
@@ -128,6 +132,7 @@ class Daemon:
         self.notifier.stopping()
         self.journal.log("daemon_stopping", pid=os.getpid())
         self.watcher.stop()
+        self._save_checked()
         self.write_status(time.time(), state="stopped")
         self.journal.log("daemon_stopped", pid=os.getpid())
 
@@ -214,6 +219,9 @@ class Daemon:
             self.reconciler.reconcile_path(path, now)
         if now >= self._next_reconcile:
             self.full_reconcile(now)
+        if now >= self._next_cache_save:
+            self._next_cache_save = now + CACHE_SAVE_INTERVAL_S
+            self._save_checked()
         if self.journal.changed:
             self.journal.changed = False
             if self._status_due is None:
@@ -224,6 +232,12 @@ class Daemon:
         self._last_reconcile_at = datetime.now(UTC)
         self._next_reconcile = now + self.tree.config.daemon.reconcile_interval_s
         return summary
+
+    def _save_checked(self) -> None:
+        try:
+            self.reconciler.save_checked()
+        except OSError as error:
+            self.journal.failed("save_checked", error)
 
     def _next_deadline(self, now: float) -> float:
         deadlines = [now + TICK_S, self._next_reconcile, self._next_status]
