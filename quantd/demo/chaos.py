@@ -4,7 +4,9 @@ At most one kill per interval. The victim is drawn at random among the
 workers that hold a claim right now. A claim whose item has already been
 recovered ``max_attempts - 1`` times is spared, because one more loss would
 dead-letter it: chaos shows recovery, and dead letters in the demo come only
-from invalid input.
+from invalid input. Kinds of worker (shell or Python) that have not been
+killed yet go first, so the shell converter is killed early whenever it
+holds a claim.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Chaos:
         self.max_attempts = max_attempts
         self.rng = random.Random(seed)
         self.next_kill_at: float | None = None
+        self.killed_kinds: set[str] = set()
 
     def due(self, now: float) -> bool:
         """Whether the next kill may happen at monotonic time ``now``."""
@@ -49,10 +52,12 @@ class Chaos:
             for claim in claims
             if claim.pid in by_pid and claim.attempts < self.max_attempts - 1
         ]
+        fresh = [v for v in candidates if v.child.kind not in self.killed_kinds]
         if not candidates:
             return None
-        return self.rng.choice(candidates)
+        return self.rng.choice(fresh or candidates)
 
-    def killed(self, now: float) -> None:
-        """Schedule the next kill one interval after this one."""
+    def killed(self, victim: Victim, now: float) -> None:
+        """Record a kill and schedule the next one an interval later."""
+        self.killed_kinds.add(victim.child.kind)
         self.next_kill_at = now + self.interval_s

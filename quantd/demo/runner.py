@@ -298,7 +298,7 @@ class Demo:
         if victim is None:
             return
         child = self.children.kill(victim.child.name)
-        chaos.killed(now)
+        chaos.killed(victim, now)
         self.state.kills.append(
             {
                 "worker": child.name,
@@ -364,6 +364,7 @@ class Demo:
             interrupted=self.state.interrupted,
             timed_out=self.state.timed_out,
         )
+        summary["processes"] = self._process_records()
         summary["options"] = {
             "hypotheses": self.options.hypotheses,
             "workers_per_stage": self.options.workers,
@@ -375,6 +376,23 @@ class Demo:
             "daemon": self.options.daemon,
         }
         return summary
+
+    def _process_records(self) -> list[dict[str, Any]]:
+        if self.children is None:
+            return []
+        children = list(self.children.retired)
+        if self.children.daemon is not None:
+            children.append(self.children.daemon)
+        return [
+            {
+                "name": child.name,
+                "stage": child.stage,
+                "kind": child.kind,
+                "pid": child.pid,
+                "returncode": child.process.poll(),
+            }
+            for child in children
+        ]
 
     def _finish(self, summary: dict[str, Any]) -> int:
         if self.options.summary_json is not None:
