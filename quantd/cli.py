@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from quantd import __version__
 from quantd.errors import ClaimLost, QuantdError
 from quantd.items import Item, Priority
@@ -89,8 +91,8 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pid",
         type=int,
-        help="process that holds the claims (default: the calling process, "
-        "that is this command's parent)",
+        help="process that holds the claims (default: the calling process: "
+        "this command's parent, or the shell whose subshell ran it)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print results as JSON documents"
@@ -270,8 +272,40 @@ def open_tree_from(args: argparse.Namespace) -> Tree:
 
 
 def _worker(args: argparse.Namespace) -> Worker:
-    pid = args.pid or os.getppid()
+    pid = args.pid or calling_process()
     return Worker(open_tree_from(args), args.worker, stage=args.stage, pid=pid)
+
+
+def calling_process() -> int:
+    """Return the process that this command's claims are held for.
+
+    That is the parent process, unless the parent is a copy of its own
+    parent that never called exec: a shell's subshell, as in
+    ``id=$(quantd claim | jq -r .item.id)``, which exits as soon as the
+    command returns and would leave the claim with a dead holder. Such
+    copies are skipped up to the shell that made them. A copy has the same
+    executable, arguments and initial environment as its parent; a shell
+    started by a shell differs at least in ``SHLVL``.
+    """
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            process = psutil.Process(pid)
+            parent = process.parent()
+            if parent is None or parent.pid <= 1 or not _same_image(process, parent):
+                return pid
+        except psutil.Error:
+            return pid
+        pid = parent.pid
+    return pid
+
+
+def _same_image(process: psutil.Process, parent: psutil.Process) -> bool:
+    return (
+        process.exe() == parent.exe()
+        and process.cmdline() == parent.cmdline()
+        and process.environ() == parent.environ()
+    )
 
 
 def read_payload(source: str) -> dict[str, Any]:
