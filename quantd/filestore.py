@@ -466,7 +466,9 @@ class FileStore:
 
 
 def check_edge(tree: Tree, stage: Stage | None, target: str, worker: str) -> None:
-    """Raise RoutingError unless ``stage`` may produce into ``target``."""
+    """Raise RoutingError unless ``stage`` may produce into ``target``, and
+    QueueNotFound if no queue or output has that name."""
+    tree.queue_dir(target)
     if stage is None:
         raise RoutingError(
             f"worker {worker!r} has no stage: pass a stage, or name the worker "
@@ -479,7 +481,6 @@ def check_edge(tree: Tree, stage: Stage | None, target: str, worker: str) -> Non
             f"routing graph allows {allowed}; add the edge to "
             f"stages.{stage.name}.produces in the config if it is intended"
         )
-    tree.queue_dir(target)
 
 
 def new_document(
