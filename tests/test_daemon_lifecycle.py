@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +194,29 @@ def test_event_burst_triggers_full_sweep(tmp_path: Path) -> None:
     finally:
         daemon.watcher.stop()
         daemon.close()
+
+
+@pytest.mark.timeout(120)
+def test_notify_ready_watchdog_stopping(
+    quick_tree: Tree, daemons: Daemons, tmp_path: Path
+) -> None:
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(address)
+        server.settimeout(60)
+        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"}
+        daemon = daemons.start(quick_tree.root, env)
+
+        seen: list[str] = []
+
+        def received(prefix: str) -> str:
+            while not any(m.startswith(prefix) for m in seen):
+                seen.extend(server.recv(4096).decode().splitlines())
+            return next(m for m in seen if m.startswith(prefix))
+
+        assert received("READY=") == "READY=1"
+        assert received("STATUS=").startswith("STATUS=running")
+        assert received("WATCHDOG=") == "WATCHDOG=1"
+        assert daemon.stop() == 0
+        assert received("STOPPING=") == "STOPPING=1"
+    assert seen.index("READY=1") < seen.index("STOPPING=1")

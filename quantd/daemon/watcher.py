@@ -147,10 +147,9 @@ class Watcher:
     def _started(self, observer: Any) -> Any:
         handler = _Recorder(self)
         try:
-            for path in self._recursive:
-                observer.schedule(handler, str(path), recursive=True)
-            for path in self._flat:
-                observer.schedule(handler, str(path), recursive=False)
+            for paths, recursive in ((self._recursive, True), (self._flat, False)):
+                for path in paths:
+                    self._schedule(observer, handler, path, recursive)
             observer.start()
         except BaseException:
             with contextlib.suppress(Exception):
@@ -158,13 +157,30 @@ class Watcher:
             raise
         return observer
 
+    def _schedule(
+        self, observer: Any, handler: _Recorder, path: Path, recursive: bool
+    ) -> None:
+        if not path.is_dir():
+            # The sweep reports the missing directory on every pass; the
+            # other directories stay watched.
+            self._journal.log("watched_dir_missing", "error", path=str(path))
+            return
+        observer.schedule(handler, str(path), recursive=recursive)
+
+    def alive(self) -> bool:
+        """Whether the observer thread and every emitter thread run."""
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        return all(emitter.is_alive() for emitter in observer.emitters)
+
     def ensure_alive(self) -> bool:
         """Restart a dead observer thread; return whether it was restarted.
 
         The caller reconciles the whole tree after a restart, since events
         were lost while the observer was dead.
         """
-        if self._observer is not None and self._observer.is_alive():
+        if self.alive():
             return False
         self.restarts += 1
         self._journal.count("watcher_restarts")
@@ -187,8 +203,7 @@ class Watcher:
         self._wakeup.close()
 
     def info(self) -> dict[str, Any]:
-        alive = self._observer is not None and self._observer.is_alive()
-        return {"mode": self.mode, "alive": alive, "restarts": self.restarts}
+        return {"mode": self.mode, "alive": self.alive(), "restarts": self.restarts}
 
     @property
     def observer(self) -> Any:
