@@ -30,6 +30,11 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEY_PATTERN = re.compile(r"([012])-(\d{8}T\d{12})")
 _NAME_TIME_FORMAT = "%Y%m%dT%H%M%S%f"
 REFERENCE_CLAIM_MARKER = ".claimed"
+# Reference-protocol workers write each item to ``tempfile.mkstemp(
+# suffix=".json", dir=<queue>)`` before moving it to ``<id>.json``: "tmp",
+# then 8 characters of Python's temp-name alphabet. Claiming such a file
+# would take a half-written item and break its writer's move.
+_REFERENCE_TEMP_PATTERN = re.compile(r"tmp[a-z0-9_]{8}")
 
 
 class Priority(enum.StrEnum):
@@ -151,13 +156,13 @@ class PendingName:
 def parse_pending_name(name: str) -> PendingName | None:
     """Parse a pending item's file name; None if it is not one.
 
-    Temp files, reference-protocol claims and hidden entries are not
-    pending items.
+    Temp files (a reference worker's ``tmpXXXXXXXX.json`` too),
+    reference-protocol claims and hidden entries are not pending items.
     """
     if not name.endswith(".json") or name.startswith("."):
         return None
     stem = name[:-5]
-    if REFERENCE_CLAIM_MARKER in stem:
+    if REFERENCE_CLAIM_MARKER in stem or _REFERENCE_TEMP_PATTERN.fullmatch(stem):
         return None
     key_text, tilde, item_id = stem.rpartition("~")
     if not tilde:
