@@ -111,6 +111,7 @@ def test_pending_name_round_trip() -> None:
         "bad\udcff.json",
         "a" * 201 + ".json",
         "x.json.tmp",
+        "tmp3k_9zq1x.json",
     ],
 )
 def test_parse_pending_name_ignores(name: str) -> None:
