@@ -1,0 +1,660 @@
+"""The chaos driver: runs the daemon and light workers over a tree, breaks
+them on purpose, drains the pipeline, then hands the tree to the checker.
+
+Every chaos decision (which process, when, which fault point, which bad
+file) comes from one ``random.Random(seed)``. The operating system still
+schedules the processes, so a rerun with the same seed repeats the same
+decisions, not the same interleaving.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from quantd import Tree, init_tree, open_tree
+from quantd.holder import read_proc_stat
+from quantd.items import parse_pending_name
+from soak_lib import badfiles, plan
+from soak_lib.checker import Report, Violation, check
+from soak_lib.procs import Proc, spawn
+from soak_lib.worker import BUG_FAULT_POINT
+
+WORKER_FAULT_STEPS = (
+    "claim.after_rename",
+    "route.after_draft",
+    "route.after_commit",
+    "route.after_push",
+    "completed.after_rename",
+    "failed.after_rename",
+)
+RESEARCHER_FAULT_STEPS = ("push.after_write", "push.after_rename")
+DAEMON_FAULT_STEPS = ("recover.after_take", "recover.after_record")
+# Daemon settings of the soak tree: short enough that a run of a minute
+# sees many recoveries, dead letters and expired leases.
+SOAK_DAEMON_SETTINGS: dict[str, Any] = {
+    "reconcile_interval_s": 1.0,
+    "lease_s": 3.0,
+    "max_attempts": 3,
+    "max_item_bytes": 65_536,
+    "status_interval_s": 1.0,
+    "status_debounce_s": 0.1,
+}
+# Mean seconds between two chaos events of each kind; the first event of
+# each kind comes early, so a one-minute run has every kind.
+CHAOS_MEAN_INTERVAL_S = {
+    "worker_kill": 1.0,
+    "daemon_kill": 7.0,
+    "stop": 15.0,
+    "bad_file": 1.5,
+    "burst": 30.0,
+}
+CHAOS_FIRST_AT_S = {
+    "worker_kill": 1.0,
+    "daemon_kill": 3.0,
+    "stop": 4.0,
+    "bad_file": 1.0,
+    "burst": 8.0,
+}
+WORKER_FAULT_PROBABILITY = 0.4
+DAEMON_FAULT_PROBABILITY = 0.5
+BUG_FAULT_PROBABILITY = 0.8
+TICK_S = 0.02
+PROGRESS_EVERY_S = 15.0
+# A run whose archives and outputs do not grow for this long is stalled.
+STALL_LIMIT_S = 120.0
+INOTIFY_LIMIT_PATH = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@dataclass
+class Options:
+    """What one soak run does; see ``scripts/soak --help``."""
+
+    items: int | None
+    minutes: float | None
+    workers_per_stage: int
+    seed: int
+    root: Path
+    keep: bool
+    json_path: Path | None
+    inject_bug: str | None
+    work_ms: float
+    drain_timeout_s: float
+
+
+@dataclass
+class StoppedWorker:
+    proc: Proc
+    until: float
+    claims: list[Path]
+    daemon_up: bool
+
+
+class Soak:
+    """One soak run over a fresh tree in ``options.root``."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.rng = random.Random(options.seed)
+        self.run_id = f"soak-{options.seed}-{os.getpid()}-{int(time.time())}"
+        self.tree_root = options.root / "tree"
+        self.state = options.root / "state"
+        self.logs = self.state / "logs"
+        self.staging = self.state / "staging"
+        self.ledgers = self.state / "ledgers"
+        self.counts: Counter[str] = Counter()
+        self.violations: list[Violation] = []
+        self.dropped: list[badfiles.Dropped] = []
+        self.workers: dict[tuple[str, int], Proc] = {}
+        self.daemon: Proc | None = None
+        self.daemon_restart_at = 0.0
+        self.researchers_done: set[int] = set()
+        self.stopped: list[StoppedWorker] = []
+        self.generation = itertools.count()
+        self.fault_cycles: dict[str, list[str]] = {}
+        self.bad_kind_index = 0
+        self.kill_daemon_at: float | None = None
+        self.kill_daemon_on_status: tuple[int, int] | None = None
+        self.kill_daemon_after_start = False
+        self.started = 0.0
+        self.next_at: dict[str, float] = {}
+        self.tree: Tree
+
+    # -- set-up ---------------------------------------------------------------
+
+    def setup(self) -> None:
+        for directory in (self.logs, self.staging, self.ledgers):
+            directory.mkdir(parents=True, exist_ok=True)
+        init_tree(self.tree_root)
+        config_path = self.tree_root / "quantd.toml"
+        document = tomllib.loads(config_path.read_text())
+        document.setdefault("daemon", {}).update(SOAK_DAEMON_SETTINGS)
+        config_path.write_text(tomli_w.dumps(document))
+        self.tree = open_tree(self.tree_root)
+        run = {"run_id": self.run_id, "seed": self.options.seed}
+        (self.state / "run.json").write_text(json.dumps(run))
+
+    # -- the run --------------------------------------------------------------
+
+    def run(self) -> Report:
+        """Run chaos, drain, stop everything and check; return the report."""
+        self.setup()
+        self.started = time.monotonic()
+        self.next_at = {
+            kind: self.started + first for kind, first in CHAOS_FIRST_AT_S.items()
+        }
+        try:
+            self._chaos_phase()
+            self._drain_phase()
+            self._shutdown()
+        finally:
+            self._kill_all()
+        self.counts["duration_s"] = round(time.monotonic() - self.started)
+        report = check(self.tree, self.run_id, self._ledger_ids(), self.dropped)
+        report.violations[:0] = self.violations
+        report.counts.update(self._driver_counts())
+        report.counts["lost"] = sum(1 for v in report.violations if v.kind == "lost")
+        report.counts["duplicated"] = sum(
+            1 for v in report.violations if v.kind == "duplicated"
+        )
+        return report
+
+    def _chaos_phase(self) -> None:
+        last_progress = (self.started, -1)
+        last_print = self.started
+        while True:
+            now = time.monotonic()
+            self._reap(now)
+            self._maintain(now, chaos=True)
+            self._chaos(now)
+            if self._chaos_over(now):
+                return
+            if now - last_print >= PROGRESS_EVERY_S:
+                last_print = now
+                self._print_progress(now)
+            finished = self._finished_count()
+            if finished != last_progress[1]:
+                last_progress = (now, finished)
+            elif now - last_progress[0] > STALL_LIMIT_S:
+                self._violate(
+                    "stalled",
+                    [],
+                    f"no item finished for {STALL_LIMIT_S:.0f} s during the chaos",
+                )
+                return
+            time.sleep(TICK_S)
+
+    def _chaos_over(self, now: float) -> bool:
+        elapsed = now - self.started
+        if self.options.minutes is not None:
+            return elapsed >= self.options.minutes * 60
+        researchers_done = len(self.researchers_done) >= self.options.workers_per_stage
+        return researchers_done and self._pending_count() == 0
+
+    def _drain_phase(self) -> None:
+        for stopped in list(self.stopped):
+            self._judge_stop(stopped)
+        self.kill_daemon_at = None
+        self.kill_daemon_on_status = None
+        self.kill_daemon_after_start = False
+        drain_started = time.monotonic()
+        deadline = drain_started + self.options.drain_timeout_s
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            self._reap(now)
+            self._maintain(now, chaos=False)
+            if self._drained():
+                self.counts["drain_s"] = round(now - drain_started)
+                return
+            time.sleep(0.1)
+        self._violate(
+            "drain_timeout",
+            [],
+            f"the pipeline did not drain within {self.options.drain_timeout_s:.0f} s "
+            "after the chaos stopped",
+        )
+
+    def _shutdown(self) -> None:
+        workers = list(self.workers.values())
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            code = proc.wait_stopped()
+            if code not in (0, -9) or (code == -9 and not proc.killed):
+                self._violate(
+                    "worker_stop",
+                    [proc.name],
+                    f"worker exited with {code} on SIGTERM: {proc.stderr_tail()}",
+                )
+        self.workers.clear()
+        if self.daemon is not None and self.daemon.alive():
+            self.daemon.terminate()
+            code = self.daemon.wait_stopped()
+            if code != 0:
+                self._violate(
+                    "daemon_stop",
+                    [self.daemon.name],
+                    f"daemon exited with {code} on SIGTERM: "
+                    f"{self.daemon.stderr_tail()}",
+                )
+            self.daemon = None
+
+    def _kill_all(self) -> None:
+        procs = list(self.workers.values())
+        if self.daemon is not None:
+            procs.append(self.daemon)
+        for proc in procs:
+            if proc.alive():
+                proc.kill()
+                proc.popen.wait()
+
+    # -- processes ------------------------------------------------------------
+
+    def _reap(self, now: float) -> None:
+        for key, proc in list(self.workers.items()):
+            code = proc.popen.poll()
+            if code is None:
+                continue
+            del self.workers[key]
+            self._classify_exit(proc, code)
+        if self.daemon is not None:
+            code = self.daemon.popen.poll()
+            if code is not None:
+                self._classify_exit(self.daemon, code)
+                self.daemon = None
+                self.daemon_restart_at = now + self._daemon_down_s()
+
+    def _classify_exit(self, proc: Proc, code: int) -> None:
+        if proc.killed:
+            return
+        if code == -9 and proc.faults:
+            step = proc.faults.partition("@")[0]
+            self.counts[f"fault_kills_{proc.role}"] += 1
+            self.counts[f"fault_kill:{step}"] += 1
+            return
+        if code == 0 and proc.role == plan.RESEARCHER:
+            self.researchers_done.add(proc.slot)
+            return
+        if code == 0 and proc.terminated:
+            return
+        kind = "daemon_crashed" if proc.role == "daemon" else "worker_crashed"
+        self._violate(
+            kind,
+            [proc.name],
+            f"{proc.role} pid {proc.pid} exited with {code} unprompted; "
+            f"stderr tail:\n{proc.stderr_tail()}",
+        )
+
+    def _daemon_down_s(self) -> float:
+        if self.rng.random() < 0.7:
+            return self.rng.uniform(0.0, 0.3)
+        return self.rng.uniform(0.5, 3.0)
+
+    def _maintain(self, now: float, *, chaos: bool) -> None:
+        slots = range(self.options.workers_per_stage)
+        for slot in slots:
+            if slot not in self.researchers_done and (
+                (plan.RESEARCHER, slot) not in self.workers
+            ):
+                self._start_worker(plan.RESEARCHER, slot, chaos)
+            for stage in plan.CONSUMER_STAGES:
+                if (stage, slot) not in self.workers:
+                    self._start_worker(stage, slot, chaos)
+        if self.daemon is None and now >= self.daemon_restart_at:
+            self._start_daemon(chaos)
+
+    def _start_worker(self, stage: str, slot: int, chaos: bool) -> None:
+        name = f"{stage}-soak{slot}-g{next(self.generation)}"
+        argv = [
+            "-m",
+            "soak_lib.worker",
+            "--root",
+            str(self.tree_root),
+            "--worker",
+            name,
+            "--log",
+            str(self.logs / f"{stage}.events"),
+            "--run",
+            self.run_id,
+            "--work-ms",
+            str(self.options.work_ms),
+        ]
+        if stage == plan.RESEARCHER:
+            argv += self._researcher_args(slot)
+        elif self.options.inject_bug:
+            argv += ["--bug", self.options.inject_bug]
+        faults = self._worker_faults(stage) if chaos else None
+        self.workers[(stage, slot)] = spawn(
+            name,
+            stage,
+            slot,
+            argv,
+            faults=faults,
+            stderr_path=self.logs / f"{stage}-{slot}.stderr",
+        )
+        self.counts[f"starts_{stage}"] += 1
+
+    def _researcher_args(self, slot: int) -> list[str]:
+        argv = [
+            "--ledger",
+            str(self.ledgers / f"researcher-{slot}.ledger"),
+            "--first-seq",
+            str(slot),
+            "--seq-step",
+            str(self.options.workers_per_stage),
+            "--backlog",
+            str(20 * self.options.workers_per_stage),
+        ]
+        if self.options.items is not None:
+            argv += ["--items", str(self.options.items)]
+        if self.options.minutes is not None:
+            wall_end = time.time() + (
+                self.started + self.options.minutes * 60 - time.monotonic()
+            )
+            argv += ["--until", f"{wall_end:.3f}"]
+        return argv
+
+    def _worker_faults(self, stage: str) -> str | None:
+        bug = self.options.inject_bug and stage != plan.RESEARCHER
+        if bug and self.rng.random() < BUG_FAULT_PROBABILITY:
+            return f"{BUG_FAULT_POINT}@{self.rng.randint(1, 3)}"
+        if self.rng.random() >= WORKER_FAULT_PROBABILITY:
+            return None
+        steps = (
+            RESEARCHER_FAULT_STEPS if stage == plan.RESEARCHER else WORKER_FAULT_STEPS
+        )
+        step = self._next_step(
+            "researcher" if stage == plan.RESEARCHER else "worker", steps
+        )
+        return f"{step}@{self.rng.randint(1, 6)}"
+
+    def _next_step(self, cycle: str, steps: tuple[str, ...]) -> str:
+        """Cycle through ``steps`` in a shuffled order, so every step comes
+        up before any comes twice."""
+        queue = self.fault_cycles.setdefault(cycle, [])
+        if not queue:
+            queue.extend(steps)
+            self.rng.shuffle(queue)
+        return queue.pop()
+
+    def _start_daemon(self, chaos: bool) -> None:
+        faults = None
+        if chaos and self.rng.random() < DAEMON_FAULT_PROBABILITY:
+            step = self._next_step("daemon", DAEMON_FAULT_STEPS)
+            faults = f"{step}@{self.rng.randint(1, 3)}"
+            self.counts[f"daemon_fault_armed:{step}"] += 1
+        name = f"daemon-g{next(self.generation)}"
+        argv = ["-m", "quantd", "run", "--root", str(self.tree_root)]
+        self.daemon = spawn(
+            name, "daemon", 0, argv, faults=faults, stderr_path=self.logs / "daemon.log"
+        )
+        self.counts["starts_daemon"] += 1
+        if chaos and self.kill_daemon_after_start:
+            self.kill_daemon_after_start = False
+            self.kill_daemon_at = time.monotonic() + self.rng.uniform(0.2, 1.2)
+
+    # -- chaos ----------------------------------------------------------------
+
+    def _chaos(self, now: float) -> None:
+        self._check_stops(now)
+        self._armed_daemon_kills(now)
+        for kind, due in self.next_at.items():
+            if now < due:
+                continue
+            done = getattr(self, f"_chaos_{kind}")(now)
+            delay = self.rng.expovariate(1 / CHAOS_MEAN_INTERVAL_S[kind])
+            self.next_at[kind] = now + (delay if done else 0.25)
+
+    def _chaos_worker_kill(self, now: float) -> bool:
+        victims = [p for p in self.workers.values() if not p.stopped and p.alive()]
+        if not victims:
+            return False
+        victim = self.rng.choice(sorted(victims, key=lambda p: p.name))
+        victim.kill()
+        self.counts["worker_kills_timing"] += 1
+        return True
+
+    def _chaos_daemon_kill(self, now: float) -> bool:
+        if self.daemon is None or not self.daemon.alive() or self.daemon.stopped:
+            return False
+        mode = self.rng.choice(["now", "startup", "status"])
+        if mode == "now":
+            self._kill_daemon("daemon_kills_timing")
+        elif mode == "startup":
+            # Kill now, and kill the replacement again during its first
+            # reconcile.
+            self._kill_daemon("daemon_kills_timing")
+            self.kill_daemon_after_start = True
+        else:
+            self.kill_daemon_on_status = _stat_key(self.tree.status_path)
+        return True
+
+    def _armed_daemon_kills(self, now: float) -> None:
+        if self.daemon is None or self.daemon.stopped:
+            return
+        if self.kill_daemon_at is not None and now >= self.kill_daemon_at:
+            self.kill_daemon_at = None
+            self._kill_daemon("daemon_kills_startup")
+        armed = self.kill_daemon_on_status
+        if armed is not None and _stat_key(self.tree.status_path) != armed:
+            self.kill_daemon_on_status = None
+            self._kill_daemon("daemon_kills_status_write")
+
+    def _kill_daemon(self, counter: str) -> None:
+        if self.daemon is not None and self.daemon.alive():
+            self.daemon.kill()
+            self.counts[counter] += 1
+
+    def _chaos_stop(self, now: float) -> bool:
+        candidates = [
+            proc
+            for proc in sorted(self.workers.values(), key=lambda p: p.name)
+            if proc.role != plan.RESEARCHER
+            and not proc.stopped
+            and proc.alive()
+            and self._claims_of(proc.pid)
+        ]
+        if not candidates:
+            return False
+        proc = self.rng.choice(candidates)
+        proc.stop()
+        # The claims are listed once the process is frozen: a worker that
+        # committed a route just before the stop no longer holds the claim.
+        claims = self._claims_of(proc.pid) if _wait_stopped(proc.pid) else []
+        if not claims:
+            proc.resume()
+            return False
+        settings = self.tree.config.daemon
+        hold_s = settings.lease_s + 2 * settings.reconcile_interval_s + 1.0
+        up = self.daemon is not None and self.daemon.alive()
+        self.stopped.append(StoppedWorker(proc, now + hold_s, claims, up))
+        self.counts["stops"] += 1
+        return True
+
+    def _claims_of(self, pid: int) -> list[Path]:
+        found = []
+        for queue in self.tree.config.queues:
+            claims_dir = self.tree.claims_dir(queue)
+            for holder in _listdir(claims_dir):
+                if holder.partition("-")[0] != str(pid):
+                    continue
+                for name in _listdir(claims_dir / holder):
+                    if name.endswith(".json"):
+                        found.append(claims_dir / holder / name)
+        return found
+
+    def _check_stops(self, now: float) -> None:
+        for stopped in list(self.stopped):
+            if now >= stopped.until:
+                self._judge_stop(stopped)
+
+    def _judge_stop(self, stopped: StoppedWorker) -> None:
+        """Resume a stopped worker; its claims must all still be there,
+        because a stopped process on this host is alive."""
+        self.stopped.remove(stopped)
+        missing = [c for c in stopped.claims if not os.path.lexists(c)]
+        daemon_up = self.daemon is not None and self.daemon.alive()
+        if stopped.daemon_up and daemon_up:
+            self.counts["stops_judged_with_daemon"] += 1
+        if missing:
+            ids = [c.name.removesuffix(".json").rpartition("~")[2] for c in missing]
+            self._violate(
+                "stopped_holder_recovered",
+                ids,
+                f"worker {stopped.proc.name} (pid {stopped.proc.pid}) was stopped, "
+                "not dead, but its claims were taken: "
+                + ", ".join(str(c) for c in missing),
+            )
+        stopped.proc.resume()
+
+    def _chaos_bad_file(self, now: float) -> bool:
+        kind = badfiles.KINDS[self.bad_kind_index % len(badfiles.KINDS)]
+        self.bad_kind_index += 1
+        self._drop_bad_file(kind)
+        return True
+
+    def _drop_bad_file(self, kind: str) -> None:
+        queue = self.rng.choice(sorted(self.tree.config.queues))
+        settings = self.tree.config.daemon
+        dropped = badfiles.drop(
+            kind,
+            queue,
+            self.tree.queue_dir(queue),
+            self.staging,
+            len(self.dropped),
+            max_item_bytes=settings.max_item_bytes,
+            max_json_depth=settings.max_json_depth,
+        )
+        self.dropped.append(dropped)
+        with open(self.state / "badfiles.jsonl", "a") as record:
+            record.write(dropped.to_json() + "\n")
+        self.counts[f"bad_file:{kind}"] += 1
+
+    def _chaos_burst(self, now: float) -> bool:
+        """Overflow the daemon's inotify queue: stop the daemon, make more
+        events than ``fs.inotify.max_queued_events`` in one queue, drop
+        bad files only the daemon handles, then resume it."""
+        limit = int(INOTIFY_LIMIT_PATH.read_text())
+        daemon = (
+            self.daemon if self.daemon is not None and self.daemon.alive() else None
+        )
+        if daemon is not None:
+            daemon.stop()
+        try:
+            queue_dir = self.tree.queue_dir(
+                self.rng.choice(sorted(self.tree.config.queues))
+            )
+            for index in range(limit + 1024):
+                noise = queue_dir / f".soak-noise-{index}"
+                os.close(os.open(noise, os.O_CREAT | os.O_WRONLY, 0o600))
+                os.unlink(noise)
+            self._drop_bad_file("non_utf8_name")
+            self._drop_bad_file("control_char_name")
+        finally:
+            if daemon is not None:
+                daemon.resume()
+        self.counts["overflows_attempted"] += 1
+        self.counts["overflow_events"] += 2 * (limit + 1024)
+        return True
+
+    # -- observing the tree ---------------------------------------------------
+
+    def _pending_count(self) -> int:
+        count = 0
+        for queue in self.tree.config.queues:
+            for name in _listdir(self.tree.queue_dir(queue)):
+                if parse_pending_name(name) is not None:
+                    count += 1
+        return count
+
+    def _finished_count(self) -> int:
+        dirs = [self.tree.archive_dir(name) for name in self.tree.config.archives]
+        dirs += [self.tree.queue_dir(name) for name in self.tree.config.outputs]
+        return sum(len(_listdir(d)) for d in dirs)
+
+    def _drained(self) -> bool:
+        if len(self.researchers_done) < self.options.workers_per_stage:
+            return False
+        for queue in self.tree.config.queues:
+            queue_dir = self.tree.queue_dir(queue)
+            if [n for n in _listdir(queue_dir) if n != ".claims"]:
+                return False
+            claims = self.tree.claims_dir(queue)
+            if any(_listdir(claims / holder) for holder in _listdir(claims)):
+                return False
+        return not _listdir(self.tree.recovering)
+
+    def _ledger_ids(self) -> set[str]:
+        ids = set()
+        for path in self.ledgers.glob("*.ledger"):
+            for line in path.read_text().splitlines():
+                fields = line.split()
+                if len(fields) == 2:
+                    ids.add(fields[1])
+        return ids
+
+    def _print_progress(self, now: float) -> None:
+        kills = self.counts["worker_kills_timing"] + sum(
+            v for k, v in self.counts.items() if k.startswith("fault_kills_")
+        )
+        print(
+            f"soak: {now - self.started:6.0f} s  pushed {len(self._ledger_ids())}  "
+            f"finished {self._finished_count()}  pending {self._pending_count()}  "
+            f"kills {kills}  daemon starts {self.counts['starts_daemon']}",
+            flush=True,
+        )
+
+    def _violate(self, kind: str, ids: list[str], detail: str) -> None:
+        self.violations.append(Violation(kind, tuple(ids), detail))
+
+    def _driver_counts(self) -> dict[str, int]:
+        counts = dict(self.counts)
+        fault_kills = sum(v for k, v in counts.items() if k.startswith("fault_kills_"))
+        daemon_fault_kills = counts.get("fault_kills_daemon", 0)
+        counts["worker_kills"] = (
+            counts.get("worker_kills_timing", 0) + fault_kills - daemon_fault_kills
+        )
+        counts["daemon_kills"] = daemon_fault_kills + sum(
+            v for k, v in counts.items() if k.startswith("daemon_kills_")
+        )
+        counts["bad_files_dropped"] = len(self.dropped)
+        return counts
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0)
+    return (info.st_ino, info.st_mtime_ns)
+
+
+def _wait_stopped(pid: int, timeout_s: float = 2.0) -> bool:
+    """Wait until ``pid`` is in the stopped state; SIGSTOP is delivered
+    asynchronously."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stat = read_proc_stat(pid)
+        if stat is None:
+            return False
+        if stat[0] == "T":
+            return True
+        time.sleep(0.001)
+    return False
