@@ -37,7 +37,7 @@ class Chaos:
         self.killed_kinds: set[str] = set()
 
     def due(self, now: float) -> bool:
-        """Whether the next kill may happen at monotonic time ``now``."""
+        """Return whether the next kill may happen at monotonic time ``now``."""
         if self.next_kill_at is None:
             self.next_kill_at = now + self.interval_s
         return now >= self.next_kill_at
@@ -52,9 +52,9 @@ class Chaos:
             for claim in claims
             if claim.pid in by_pid and claim.attempts < self.max_attempts - 1
         ]
-        fresh = [v for v in candidates if v.child.kind not in self.killed_kinds]
         if not candidates:
             return None
+        fresh = [v for v in candidates if v.child.kind not in self.killed_kinds]
         return self.rng.choice(fresh or candidates)
 
     def killed(self, victim: Victim, now: float) -> None:

@@ -1,7 +1,7 @@
 """Command-line entry point of ``quantd demo``.
 
 Only argparse is imported here, because the ``quantd`` command builds this
-parser on every call; the runner, rich and the research code are imported
+parser on every call. The runner, rich and the research code are imported
 when the demo runs.
 """
 

@@ -1,6 +1,6 @@
 """Read-only views of a demo tree: active claims, terminal items, counters.
 
-Everything here lists directories and reads files; nothing changes the
+Everything here lists directories and reads files. Nothing changes the
 tree, so the runner and the live view can call it at any moment while
 workers and the daemon run.
 """

@@ -1,9 +1,9 @@
 """The demo's child processes: the daemon and the stage workers.
 
 Each child runs in its own session, so a Ctrl-C in the terminal reaches
-only the demo, which then stops the children in order, and a chaos kill
-can SIGKILL a worker's whole process group (the shell converter and the
-quantd command it is running).
+only the demo, which then stops the children in order. A chaos kill
+SIGKILLs a worker's whole process group: the shell converter and the
+quantd command it is running.
 """
 
 from __future__ import annotations

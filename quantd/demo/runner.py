@@ -70,7 +70,7 @@ class DemoOptions:
 
 @dataclass
 class RunState:
-    """What the demo has done so far."""
+    """Progress of one run: pushed hypotheses, kills, events already shown."""
 
     hypotheses: dict[str, dict[str, Any]] = field(default_factory=dict)
     kills: list[dict[str, Any]] = field(default_factory=list)
@@ -87,7 +87,7 @@ class RunState:
 def prepare_root(requested: Path | None) -> tuple[Path, bool]:
     """Return the tree root and whether the demo created it.
 
-    A requested root must be new or empty, so that the accounting sees
+    A requested root must be new or empty, so that the accounting counts
     only this run's items.
     """
     if requested is None:
@@ -255,7 +255,8 @@ class Demo:
 
     def _note_quarantine(self, observer: TreeObserver) -> None:
         for record in observer.quarantined():
-            if record["entry"] in self.state.seen_quarantine:
+            # The entry directory appears before its reason.json is written.
+            if record["entry"] in self.state.seen_quarantine or "reason" not in record:
                 continue
             self.state.seen_quarantine.add(record["entry"])
             name = Path(str(record.get("original_path"))).name

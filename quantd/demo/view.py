@@ -1,4 +1,4 @@
-"""What ``quantd demo`` prints: a live view on a terminal, log lines
+"""Output of ``quantd demo``: a live view on a terminal, log lines
 otherwise, and the final summary.
 
 The live view (rich) shows what each worker holds, pending and claimed
@@ -27,7 +27,7 @@ PLAIN_PROGRESS_INTERVAL_S = 5.0
 
 @dataclass(frozen=True)
 class DemoInfo:
-    """What the view says before the run starts."""
+    """Settings that the view prints before the run starts."""
 
     root: Path
     created_root: bool
@@ -84,9 +84,9 @@ def make_view(stream: TextIO | None = None) -> View:
 
 def intro_lines(info: DemoInfo) -> list[str]:
     """Return the lines printed before the run starts."""
-    made = " (new; removed at the end unless --keep)" if info.created_root else ""
+    removal = " (new; removed at the end unless --keep)" if info.created_root else ""
     lines = [
-        f"quantd demo: tree at {info.root}{made}",
+        f"quantd demo: tree at {info.root}{removal}",
         f"  watch it from another terminal: quantd status --root {info.root}",
         f"  {info.hypotheses} hypotheses"
         + (
@@ -320,17 +320,17 @@ def _workers_table(progress: Progress) -> Any:
                 continue
             live_pids.add(child.pid)
             name = child.name + (" (sh)" if child.kind == "shell" else "")
-            held = by_pid.get(child.pid, [])
-            table.add_row(stage, name, str(child.pid), _holds(held))
-    for pid, held in by_pid.items():
+            claims = by_pid.get(child.pid, [])
+            table.add_row(stage, name, str(child.pid), _holds(claims))
+    for pid, orphaned in by_pid.items():
         if pid in live_pids:
             continue
-        worker = held[0].worker or "?"
+        worker = orphaned[0].worker or "?"
         table.add_row(
             "-",
             f"{worker} (dead)",
             str(pid),
-            _holds(held) + "  awaiting recovery",
+            _holds(orphaned) + "  awaiting recovery",
             style="red",
         )
     return table

@@ -6,7 +6,7 @@ spec's default parameters, and an optimizer grid-searches the parameters and
 routes the result to the output named by its verdict. A payload that the
 research functions reject is failed with their message; the worker goes on.
 
-SIGTERM or SIGINT asks the worker to stop: it finishes the item it holds,
+SIGTERM or SIGINT stops the worker: it finishes the item it holds,
 then exits with status 0.
 """
 
@@ -41,7 +41,7 @@ _logger = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class Outcome:
-    """Where a processed item goes: ``target`` and the successor's payload."""
+    """Destination of a processed item: ``target`` and the successor's payload."""
 
     target: str
     payload: dict[str, Any]
