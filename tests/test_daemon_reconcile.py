@@ -186,12 +186,14 @@ def test_symlink_target_untouched(small_tree: Tree, reconciler: Reconciler) -> N
     assert (only_entry(small_tree) / "item").is_symlink()
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("hyp-1.json", "invalid_json"), ("tmpab12cd34.json", "bad_name")],
+)
 def test_unfinished_file_waits_for_grace(
-    small_tree: Tree, reconciler: Reconciler
+    name: str, reason: str, small_tree: Tree, reconciler: Reconciler
 ) -> None:
-    path = _write("tmpab12cd34.json", b'{"id": "tmp1", "pay')(
-        small_tree.queue_dir("to-convert")
-    )
+    path = _write(name, b'{"id": "hyp-1", "pay')(small_tree.queue_dir("to-convert"))
     now = time.time()
 
     reconciler.reconcile(now)
@@ -203,7 +205,7 @@ def test_unfinished_file_waits_for_grace(
     for due_path in reconciler.take_due(due):
         reconciler.reconcile_path(due_path, due)
     assert not path.exists()
-    assert read_json(only_entry(small_tree) / "reason.json")["reason"] == "invalid_json"
+    assert read_json(only_entry(small_tree) / "reason.json")["reason"] == reason
 
 
 def test_valid_items_untouched(small_tree: Tree, reconciler: Reconciler) -> None:
@@ -321,6 +323,8 @@ def test_live_holder_kept(small_tree: Tree, reconciler: Reconciler) -> None:
     claim = claim_by_hand(small_tree, "to-convert", push(small_tree), key)
 
     reconciler.reconcile(time.time() + LATER_S)
+    reconciler.reconcile_path(claim, time.time())
+    reconciler.reconcile_path(claim.parent, time.time())
 
     assert claim.exists()
     [view] = reconciler.holders()

@@ -126,6 +126,11 @@ class Reconciler:
         if not parts:
             self._scan_queue(queue, directory, now, set())
         elif parts[0] != CLAIMS_DIR or len(parts) == 1:
+            entry = directory / parts[0]
+            if not os.path.lexists(entry):
+                self._forget_claims(str(entry))
+                self._valid.pop(str(entry), None)
+                return
             raw = os.fsencode(parts[0])
             self._guard(
                 "check_entry", path, self._check_entry, queue, directory, raw, now
@@ -198,10 +203,14 @@ class Reconciler:
 
     def holders(self) -> list[dict[str, Any]]:
         """The holders seen by the last sweep, as the status file lists them."""
-        return [
-            {**view, "queues": sorted(view["queues"])}
-            for view in self._holders.values()
-        ]
+        listed = []
+        for view in self._holders.values():
+            held = view["held"].values()
+            entry = {k: v for k, v in view.items() if k != "held"}
+            entry["claims"] = sum(count for _, count in held)
+            entry["queues"] = sorted({queue for queue, count in held if count})
+            listed.append(entry)
+        return listed
 
     # -- queues ---------------------------------------------------------
 
@@ -426,6 +435,7 @@ class Reconciler:
         try:
             names = sorted(os.listdir(holder_dir))
         except (FileNotFoundError, NotADirectoryError):
+            self._forget_claims(str(holder_dir))
             return
         key = HolderKey.parse(name)
         if key is None or not key.is_local:
@@ -438,7 +448,7 @@ class Reconciler:
             return
         self._finish_old_routes(queue, holder_dir, names, now)
         claims = sum(1 for n in names if n.endswith(".json"))
-        self._note_holder(name, key, queue, liveness, claims)
+        self._note_holder(name, key, str(holder_dir), queue, liveness, claims)
 
     def _check_leases(
         self, queue: str, holder_dir: Path, names: list[str], now: float, why: str
@@ -457,8 +467,8 @@ class Reconciler:
             else:
                 held += 1
         self._finish_old_routes(queue, holder_dir, names, now)
-        if held:
-            self._note_holder(holder, key, queue, Liveness(Verdict.UNKNOWN, why), held)
+        liveness = Liveness(Verdict.UNKNOWN, why)
+        self._note_holder(holder, key, str(holder_dir), queue, liveness, held)
 
     def _judge_lease(self, path: Path, now: float, why: str) -> Liveness:
         """Judge a claim by its lease; schedule a re-check for when a lease
@@ -475,29 +485,16 @@ class Reconciler:
     ) -> None:
         liveness = self._judge_lease(path, now, "no_pid")
         if liveness.verdict.recoverable:
+            self._forget_claims(str(path))
             self._recover(queue, path, REFERENCE_HOLDER, liveness, None, worker)
             return
-        view_key = f"{REFERENCE_HOLDER}:{worker}"
-        view = self._holders.setdefault(
-            view_key,
-            {
-                "key": view_key,
-                "worker": worker,
-                "stage": None,
-                "pid": None,
-                "host": None,
-                "verdict": liveness.verdict.value,
-                "reason": liveness.reason,
-                "claims": 0,
-                "queues": set(),
-            },
-        )
-        view["claims"] += 1
-        view["queues"].add(queue)
+        name = f"{REFERENCE_HOLDER}:{worker}"
+        self._note_holder(name, None, str(path), queue, liveness, 1, worker)
 
     def _recover_holder(
         self, queue: str, holder_dir: Path, names: list[str], liveness: Liveness
     ) -> None:
+        self._forget_claims(str(holder_dir))
         holder = holder_dir.name
         key = HolderKey.parse(holder)
         for name in names:
@@ -617,28 +614,35 @@ class Reconciler:
         self,
         name: str,
         key: HolderKey | None,
+        where: str,
         queue: str,
         liveness: Liveness,
         claims: int,
+        worker: str | None = None,
     ) -> None:
-        record = self._record(name)
+        """Record how many claims a holder has at ``where`` (its claim
+        directory, or the claim file of a reference-protocol worker)."""
         view = self._holders.get(name)
         if view is None:
+            record = self._record(name)
             view = {
                 "key": name,
-                "worker": record.get("worker"),
+                "worker": worker or record.get("worker"),
                 "stage": record.get("stage"),
                 "pid": key.pid if key else None,
                 "host": record.get("host"),
-                "verdict": liveness.verdict.value,
-                "reason": liveness.reason,
-                "claims": 0,
-                "queues": set(),
+                "held": {},
             }
             self._holders[name] = view
-        view["claims"] += claims
-        if claims:
-            view["queues"].add(queue)
+        view["verdict"] = liveness.verdict.value
+        view["reason"] = liveness.reason
+        view["held"][where] = (queue, claims)
+
+    def _forget_claims(self, where: str) -> None:
+        """Forget the claims counted at ``where``, which is gone."""
+        for name, view in list(self._holders.items()):
+            if view["held"].pop(where, None) is not None and not view["held"]:
+                del self._holders[name]
 
     def _record(self, holder: str) -> dict[str, Any]:
         """Return the record of who a holder key belongs to, or {}."""
