@@ -280,10 +280,10 @@ def calling_process() -> int:
     """Return the process that this command's claims are held for.
 
     That is the parent process, unless the parent is a copy of its own
-    parent that never called exec: a shell's subshell, as in
-    ``id=$(quantd claim | jq -r .item.id)``, which exits as soon as the
-    command returns and would leave the claim with a dead holder. Such
-    copies are skipped up to the shell that made them. A copy has the same
+    parent that never called exec. A shell's subshell, as in
+    ``id=$(quantd claim | jq -r .item.id)``, is such a copy. It exits as
+    soon as the command returns, so a claim held for it would have a dead
+    holder at once. Such copies are skipped up to the shell that made them. A copy has the same
     executable, arguments and initial environment as its parent; a shell
     started by a shell differs at least in ``SHLVL``.
     """

@@ -308,7 +308,7 @@ class FileStore:
         fresh = bool(listing.entries) and not listing.stale
         fresh = fresh and age < RELIST_MAX_AGE_S
         # A large queue is listed again at most once per 10 listing times,
-        # so that listing takes at most a tenth of a busy claimer's time.
+        # so that listing takes roughly a tenth of a busy claimer's time.
         interval = max(RELIST_MIN_INTERVAL_S, 10 * listing.cost_s)
         if fresh and (not changed or age < interval):
             return
