@@ -123,6 +123,7 @@ class Demo:
                     self._watch()
             except KeyboardInterrupt:
                 self.state.interrupted = True
+                self.state.finished_at = time.monotonic()
                 self.view.event("interrupted: stopping the workers and the daemon")
             finally:
                 self._stop()
@@ -232,6 +233,7 @@ class Demo:
                 return
             if now > deadline:
                 self.state.timed_out = True
+                self.state.finished_at = now
                 self.view.event(
                     f"timed out after {self.options.timeout_s:.0f} s with "
                     f"{len(self.state.hypotheses) - accounted} hypotheses "

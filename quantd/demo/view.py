@@ -139,7 +139,7 @@ def summary_lines(summary: dict[str, Any], kept_root: Path | None) -> list[str]:
         verdict = "NOT OK"
     lines = [
         f"Summary: {summary['hypotheses']} hypotheses, {summary['accounted']} "
-        f"accounted for, {len(summary['lost'])} lost, "
+        f"accounted for, {len(summary['lost'])} {_missing_word(summary)}, "
         f"{len(summary['duplicated'])} duplicated: {verdict}",
         "  " + ", ".join(f"{name} {count}" for name, count in places.items()),
         f"  recoveries {summary['recoveries']} (from item histories)"
@@ -159,7 +159,8 @@ def summary_lines(summary: dict[str, Any], kept_root: Path | None) -> list[str]:
             for left in summary["leftovers"]
             if left["root_id"] == root_id
         ]
-        lines.append(f"  LOST {root_id}: " + (", ".join(where) or "found nowhere"))
+        label = _missing_word(summary).upper()
+        lines.append(f"  {label} {root_id}: " + (", ".join(where) or "found nowhere"))
     for root_id in summary["duplicated"]:
         lines.append(f"  DUPLICATED {root_id}")
     if summary["interrupted"]:
@@ -173,6 +174,12 @@ def summary_lines(summary: dict[str, Any], kept_root: Path | None) -> list[str]:
     return lines
 
 
+def _missing_word(summary: dict[str, Any]) -> str:
+    """Name hypotheses with no terminal place: lost, or unfinished when
+    Ctrl-C stopped the run."""
+    return "unfinished" if summary["interrupted"] else "lost"
+
+
 def _daemon_recoveries(summary: dict[str, Any]) -> str:
     counters = summary.get("daemon_counters")
     if not counters:
@@ -180,12 +187,18 @@ def _daemon_recoveries(summary: dict[str, Any]) -> str:
     return f", daemon counter {counters.get('recovered', 0)}"
 
 
-def root_cells(record: dict[str, Any]) -> tuple[str, str, str, str]:
-    """Return the hypothesis, route, place and result of one summary row."""
+def root_cells(
+    record: dict[str, Any], missing: str = "lost"
+) -> tuple[str, str, str, str]:
+    """Return the hypothesis, route, place and result of one summary row;
+    ``missing`` names a hypothesis with no terminal place."""
     route = "direct" if record["direct"] else "converted"
-    place = record["place"] or (
-        "LOST" if not record["places"] else "DUPLICATED: " + ", ".join(record["places"])
-    )
+    if record["place"]:
+        place = record["place"]
+    elif record["places"]:
+        place = "DUPLICATED: " + ", ".join(record["places"])
+    else:
+        place = missing.upper()
     result = record.get("headline") or record.get("reason") or ""
     recoveries = record.get("recoveries") or 0
     if recoveries:
@@ -221,7 +234,7 @@ class PlainView:
         for line in summary_lines(summary, kept_root):
             self._print(line)
         for record in summary["roots"]:
-            title, route, place, result = root_cells(record)
+            title, route, place, result = root_cells(record, _missing_word(summary))
             self._print(f"  - {title} [{route}] -> {place}: {result}")
 
     def close(self) -> None:
@@ -271,10 +284,12 @@ class LiveView:
         for column in ("hypothesis", "route", "place", "result"):
             table.add_column(column, overflow="fold")
         for record in summary["roots"]:
-            table.add_row(*root_cells(record), style=_place_style(record["place"]))
+            cells = root_cells(record, _missing_word(summary))
+            table.add_row(*cells, style=_place_style(record["place"]))
         self.console.print(table)
         for line in summary_lines(summary, kept_root):
-            style = "bold red" if line.startswith(("  LOST", "  DUPL")) else None
+            alarm = ("  LOST", "  DUPL", "  UNFINISHED")
+            style = "bold red" if line.startswith(alarm) else None
             self.console.print(line, style=style, highlight=False, markup=False)
 
     def _render(self) -> Any:
