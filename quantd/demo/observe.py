@@ -31,6 +31,7 @@ class ActiveClaim:
     item_id: str
     title: str
     attempts: int
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,16 @@ class TreeObserver:
                 for name in sorted(list_names(claims_dir / holder)):
                     if not name.endswith(".json"):
                         continue
-                    doc = read_json(claims_dir / holder / name)
+                    path = claims_dir / holder / name
+                    doc = read_json(path)
                     if doc is None:
                         continue
-                    found.append(self._claim(queue, holder, doc))
+                    found.append(self._claim(queue, holder, path, doc))
         return found
 
-    def _claim(self, queue: str, holder: str, doc: dict[str, Any]) -> ActiveClaim:
+    def _claim(
+        self, queue: str, holder: str, path: Path, doc: dict[str, Any]
+    ) -> ActiveClaim:
         key = HolderKey.parse(holder)
         return ActiveClaim(
             queue=queue,
@@ -106,6 +110,7 @@ class TreeObserver:
             item_id=str(doc.get("id", "?")),
             title=_title_of(doc),
             attempts=int(doc.get("attempts") or 0),
+            path=path,
         )
 
     def worker_of(self, holder: str) -> str | None:

@@ -298,7 +298,9 @@ class Demo:
     def _kill_one(self, chaos: Chaos, claims: list[Any], now: float) -> None:
         assert self.children is not None
         victim = chaos.choose(claims, self.children.workers)
-        if victim is None:
+        # The worker may have finished that item since the listing, and its
+        # next claim may be one that this kill would dead-letter.
+        if victim is None or not victim.claim.path.exists():
             return
         child = self.children.kill(victim.child.name)
         chaos.killed(victim, now)
