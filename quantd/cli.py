@@ -272,7 +272,7 @@ def open_tree_from(args: argparse.Namespace) -> Tree:
 
 
 def _worker(args: argparse.Namespace) -> Worker:
-    pid = args.pid or calling_process()
+    pid = calling_process() if args.pid is None else args.pid
     return Worker(open_tree_from(args), args.worker, stage=args.stage, pid=pid)
 
 
@@ -283,9 +283,10 @@ def calling_process() -> int:
     parent that never called exec. A shell's subshell, as in
     ``id=$(quantd claim | jq -r .item.id)``, is such a copy. It exits as
     soon as the command returns, so a claim held for it would have a dead
-    holder at once. Such copies are skipped up to the shell that made them. A copy has the same
-    executable, arguments and initial environment as its parent; a shell
-    started by a shell differs at least in ``SHLVL``.
+    holder at once. Such copies are skipped up to the shell that made them.
+    A copy has the same executable, arguments and initial environment as
+    its parent, while a shell started by a shell differs at least in
+    ``SHLVL``.
     """
     pid = os.getppid()
     while pid > 1:

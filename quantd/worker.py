@@ -41,9 +41,7 @@ class Worker:
         self.tree = tree or open_tree()
         self.worker = _resolve_worker(worker)
         self.stage = _resolve_stage(self.tree, self.worker, stage)
-        self.holder = Holder(
-            self.worker, self.stage, HolderKey.for_pid(pid or os.getpid())
-        )
+        self.holder = Holder(self.worker, self.stage, _holder_key(pid))
         self.store: Store = store or FileStore(self.tree)
         self._held: dict[str, Item] = {}
 
@@ -201,6 +199,23 @@ def _resolve_worker(worker: str | None) -> str:
             f"invalid worker id {resolved[:40]!r}: use at most 128 printable characters"
         )
     return resolved
+
+
+def _holder_key(pid: int | None) -> HolderKey:
+    if pid is None:
+        return HolderKey.for_pid(os.getpid())
+    if pid <= 0:
+        raise QuantdError(f"invalid pid {pid}: must be a positive process id")
+    try:
+        return HolderKey.for_pid(pid)
+    except ProcessLookupError:
+        raise QuantdError(
+            f"no process with pid {pid}: claims are held for a running "
+            "process; pass the pid of the worker itself, such as --pid $$ "
+            "in a shell script"
+        ) from None
+    except PermissionError as error:
+        raise QuantdError(f"cannot inspect pid {pid}: {error}") from None
 
 
 def _resolve_stage(tree: Tree, worker: str, stage: str | None) -> Stage | None:

@@ -270,3 +270,19 @@ def test_claim_in_subshell_held_for_shell(tmp_path: Path, pid_option: str) -> No
         process.wait(timeout=30)
         assert process.stdout is not None
         process.stdout.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("pid", "message"),
+    [("999999999", "no process with pid"), ("-5", "invalid pid"), ("0", "invalid pid")],
+)
+def test_claim_pid_invalid(tmp_path: Path, pid: str, message: str) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    result = run_quantd(
+        "claim", "--root", root, "--worker", "backtester-1", "--pid", pid
+    )
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
