@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 import tomli_w
 
-from quantd.filestore import Holder
 from quantd.holder import HolderKey
-from quantd.tree import CLAIMS_DIR, Tree, open_tree
+from quantd.tree import Tree, open_tree
 
 PYTHON = sys.executable
 # Generous: a loaded CI machine may take seconds to start Python.
@@ -61,7 +60,7 @@ class DaemonProcess:
         return self.process.pid
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Wait until this daemon published its first status."""
+        """Wait until this daemon logs ``daemon_ready``; fail if it exits."""
         wait_for(
             lambda: self.process.poll() is not None or self.event("daemon_ready"),
             timeout_s,
@@ -166,20 +165,9 @@ def claim_by_hand(tree: Tree, queue: str, item: Path, key: HolderKey) -> Path:
     return target
 
 
-def holder_for(key: HolderKey, worker: str = "converter-test") -> Holder:
-    return Holder(worker, None, key)
-
-
 def quarantine_entries(tree: Tree) -> list[Path]:
     return sorted(p for p in tree.quarantine.iterdir() if p.is_dir())
 
 
 def reasons(tree: Tree) -> list[str]:
     return [read_json(e / "reason.json")["reason"] for e in quarantine_entries(tree)]
-
-
-def claims_left(tree: Tree, queue: str) -> list[Path]:
-    claims = tree.queue_dir(queue) / CLAIMS_DIR
-    if not claims.exists():
-        return []
-    return [p for d in claims.iterdir() for p in d.iterdir()]

@@ -22,9 +22,10 @@ from daemon_support import (
 )
 
 import quantd
+from quantd.daemon.checks import nested_deeper_than
 from quantd.daemon.holders import HolderRegistry
 from quantd.daemon.journal import Journal
-from quantd.daemon.reconcile import Reconciler, nested_deeper_than
+from quantd.daemon.reconcile import Reconciler
 from quantd.filestore import COMMITTED_SUFFIX, DRAFT_SUFFIX
 from quantd.holder import HolderKey, machine_id, process_start
 from quantd.tree import CLAIMS_DIR, Tree

@@ -1,6 +1,6 @@
 """Which local holders are alive, watched without polling where possible.
 
-On Linux the registry holds a pidfd (``os.pidfd_open``) for every live
+On Linux the registry keeps a pidfd (``os.pidfd_open``) for every live
 local holder; the main loop puts it in its selector, and the pidfd becomes
 readable the moment the process exits, so a death is acted on at once.
 The start time is read again after the pidfd is open: the pid may have
@@ -41,7 +41,7 @@ class HolderRegistry:
         """Decide whether a local holder lives, and watch it if it does.
 
         A holder that is already watched is alive until its pidfd or a
-        poll says otherwise, so this costs no system call.
+        poll reports an exit, so this costs no system call.
         """
         if key in self._pidfds or key in self._polled:
             return Liveness(Verdict.ALIVE, "watched")

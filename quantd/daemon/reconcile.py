@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import stat
 import time
 from collections.abc import Callable
@@ -27,13 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from quantd import fsutil, recovery
+from quantd.daemon.checks import (
+    UNFINISHED,
+    Rejection,
+    check_kind,
+    check_route,
+    decode_name,
+    read_checked,
+)
 from quantd.daemon.holders import HolderRegistry
 from quantd.daemon.journal import Journal
 from quantd.filestore import (
     COMMITTED_SUFFIX,
     DRAFT_SUFFIX,
-    BadFile,
-    read_item_file,
 )
 from quantd.holder import HolderKey
 from quantd.items import parse_pending_name, parse_reference_claim
@@ -43,7 +48,7 @@ from quantd.recovery import REFERENCE_HOLDER, Outcome
 from quantd.tree import CLAIMS_DIR, Tree
 
 # A committed route is finished by its worker within milliseconds; the
-# daemon finishes one that is older than this, whoever holds it.
+# daemon finishes one that is older than this, for any holder.
 COMMITTED_ROUTE_GRACE_S = 2.0
 # The files found valid, keyed by inode, mtime, ctime and size. The kernel
 # sets ctime on every change to a file, content or name, so an entry
@@ -52,13 +57,8 @@ CHECKED_CACHE = "checked.json"
 # A lease is judged again this long after it would run out, so that the
 # re-check does not land a hair before the expiry.
 LEASE_RECHECK_MARGIN_S = 0.05
-# Reasons that a file still being written shows until it is complete.
-_UNFINISHED = (Reason.EMPTY_FILE, Reason.INVALID_JSON)
 _ValidKey = tuple[int, int, int, int]
 _CLAIMS_DIR_BYTES = os.fsencode(CLAIMS_DIR)
-# json.loads builds exactly these types for JSON objects and arrays.
-_CONTAINERS = (dict, list)
-_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class Reconciler:
@@ -254,14 +254,10 @@ class Reconciler:
         if raw == _CLAIMS_DIR_BYTES and stat.S_ISDIR(info.st_mode):
             self._scan_claims(queue, path, now)
             return
-        name = _decoded_name(raw)
+        name = decode_name(raw)
         if name is None:
-            self._quarantine(
-                queue,
-                path,
-                Reason.BAD_NAME,
-                "the name is not valid UTF-8 or contains control characters",
-            )
+            detail = "the name is not valid UTF-8 or contains control characters"
+            self._quarantine(queue, path, Rejection(Reason.BAD_NAME, detail))
             return
         if stat.S_ISDIR(info.st_mode) and path in self._tree_dirs:
             return
@@ -269,115 +265,34 @@ class Reconciler:
         if reference is not None and stat.S_ISREG(info.st_mode):
             self._check_reference_claim(queue, path, reference.worker, now)
             return
-        if self._check_kind(queue, path, info, now):
-            return
-        if parse_pending_name(name) is None:
-            if not self._young(path, info, now):
-                self._quarantine(
-                    queue,
-                    path,
-                    Reason.BAD_NAME,
-                    "not an item file name: <id>.json or <rank>-<created>~<id>.json",
-                )
-            return
-        if self._check_content(queue, path, info, now):
+        if self._check_file(queue, path, name, info, now):
             self._valid[text] = key
             if seen is not None:
                 seen.add(text)
 
-    def _check_kind(
-        self, queue: str, path: Path, info: os.stat_result, now: float
+    def _check_file(
+        self, queue: str, path: Path, name: str, info: os.stat_result, now: float
     ) -> bool:
-        """Quarantine what is not a regular file with one name; return
-        whether the entry was dealt with."""
-        mode = info.st_mode
-        if stat.S_ISLNK(mode):
-            self._quarantine(
-                queue,
-                path,
-                Reason.SYMLINK,
-                "symbolic links are not items; the target was not touched",
-            )
-        elif stat.S_ISDIR(mode):
-            self._quarantine(queue, path, Reason.DIRECTORY, "directories are not items")
-        elif not stat.S_ISREG(mode):
-            self._quarantine(
-                queue, path, Reason.SPECIAL_FILE, "only regular files are items"
-            )
-        elif info.st_nlink > 1:
-            # A push through link-and-unlink shows two names for an instant.
-            if not self._young(path, info, now):
-                self._quarantine(
-                    queue,
-                    path,
-                    Reason.HARD_LINK,
-                    f"the file has {info.st_nlink} names; another name could change it",
-                )
-        else:
-            return False
-        return True
+        """Check a file that should be an item; return whether it is one.
 
-    def _check_content(
-        self, queue: str, path: Path, info: os.stat_result, now: float
-    ) -> bool:
-        """Read and check an item file; return whether it is valid."""
-        settings = self.tree.config.daemon
-        if info.st_size > settings.max_item_bytes:
-            self._quarantine(
-                queue,
-                path,
-                Reason.TOO_LARGE,
-                f"{info.st_size} bytes; the limit daemon.max_item_bytes is "
-                f"{settings.max_item_bytes}",
-            )
-            return False
-        try:
-            doc = read_item_file(path, settings.max_item_bytes)
-        except BadFile as error:
-            if error.reason in _UNFINISHED and self._young(path, info, now):
-                return False
-            self._quarantine(queue, path, error.reason, error.detail)
-            return False
-        if nested_deeper_than(doc, settings.max_json_depth):
-            self._quarantine(
-                queue,
-                path,
-                Reason.TOO_DEEP,
-                "JSON nested deeper than the limit daemon.max_json_depth "
-                f"({settings.max_json_depth})",
-            )
-            return False
-        return self._check_route(queue, path, doc)
-
-    def _check_route(self, queue: str, path: Path, doc: dict[str, Any]) -> bool:
-        """Quarantine an item whose producer has no edge to ``queue``."""
-        config = self.tree.config
-        stage_name = doc.get("stage")
-        worker = doc.get("created_by")
-        if isinstance(stage_name, str):
-            stage = config.stages.get(stage_name)
-            producer = stage_name
-        elif isinstance(worker, str) and config.stage_for_worker(worker):
-            stage = config.stage_for_worker(worker)
-            producer = stage.name if stage else worker
-        else:
-            # NOTE: an item that names neither a stage nor a worker that
-            # the config maps to one (reference-protocol items often name
-            # neither) cannot be attributed, so it is let through.
+        What may still be written (a fresh second name of a file pushed by
+        link and unlink, a file that is empty, truncated, or named like a
+        temp file) gets until the grace period ends.
+        """
+        rejection = check_kind(info)
+        if rejection is None and parse_pending_name(name) is None:
+            detail = "not an item file name: <id>.json or <rank>-<created>~<id>.json"
+            rejection = Rejection(Reason.BAD_NAME, detail)
+        doc = None
+        if rejection is None:
+            doc, rejection = read_checked(path, info, self.tree.config.daemon)
+        if rejection is None and doc is not None:
+            rejection = check_route(self.tree.config, queue, doc)
+        if rejection is None:
             return True
-        if stage is not None and queue in stage.produces:
-            return True
-        edge = f"{producer}->{queue}"
-        self._journal.count_violation(edge)
-        allowed = ", ".join(stage.produces) if stage else "nothing: unknown stage"
-        self._quarantine(
-            queue,
-            path,
-            Reason.ROUTING_VIOLATION,
-            f"stage {producer!r} may not produce into {queue!r}; "
-            f"it may produce into {allowed}",
-            extra={"stage": producer, "edge": edge, "item_id": doc.get("id")},
-        )
+        waits = rejection.reason in (*UNFINISHED, Reason.HARD_LINK, Reason.BAD_NAME)
+        if not (waits and self._young(path, info, now)):
+            self._quarantine(queue, path, rejection)
         return False
 
     def _young(self, path: Path, info: os.stat_result, now: float) -> bool:
@@ -390,32 +305,32 @@ class Reconciler:
         self._recheck[str(path)] = due
         return True
 
-    def _quarantine(
-        self,
-        queue: str,
-        path: Path,
-        reason: Reason,
-        detail: str,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
+    def _quarantine(self, queue: str, path: Path, rejection: Rejection) -> None:
         try:
             entry = quarantine(
-                self.tree, path, reason, detail, queue=queue, extra=extra
+                self.tree,
+                path,
+                rejection.reason,
+                rejection.detail,
+                queue=queue,
+                extra=rejection.extra,
             )
         except FileNotFoundError:
             return
         self._valid.pop(str(path), None)
         self._recheck.pop(str(path), None)
         self._journal.count("quarantined")
+        if rejection.reason is Reason.ROUTING_VIOLATION:
+            self._journal.count_violation(rejection.extra["edge"])
         self._journal.record(
             "item_quarantined",
             "warning",
             path=_printable(path),
             queue=queue,
-            reason=reason.value,
-            detail=detail,
+            reason=rejection.reason.value,
+            detail=rejection.detail,
             entry=str(entry),
-            item_id=(extra or {}).get("item_id"),
+            item_id=rejection.extra.get("item_id"),
         )
 
     # -- claims ---------------------------------------------------------
@@ -700,35 +615,6 @@ class Reconciler:
             pass
         except Exception as error:
             self._journal.failed(where, error, path=_printable(path))
-
-
-def nested_deeper_than(document: Any, limit: int) -> bool:
-    """Return whether JSON containers nest more than ``limit`` levels deep in
-    ``document`` (``{}`` is one level), walking one level at a time."""
-    level = [document] if type(document) in _CONTAINERS else []
-    depth = 0
-    while level:
-        depth += 1
-        if depth > limit:
-            return True
-        below: list[Any] = []
-        for value in level:
-            children = value.values() if type(value) is dict else value
-            below += [child for child in children if type(child) in _CONTAINERS]
-        level = below
-    return False
-
-
-def _decoded_name(raw: bytes) -> str | None:
-    """Return a file name as text, or None if it is not valid UTF-8 or
-    contains control characters."""
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if _CONTROL_CHARACTERS.search(name):
-        return None
-    return name
 
 
 def _printable(path: str | bytes | Path) -> str:

@@ -168,7 +168,7 @@ class Watcher:
         observer.schedule(handler, str(path), recursive=recursive)
 
     def alive(self) -> bool:
-        """Whether the observer thread and every emitter thread run."""
+        """Return whether the observer thread and every emitter thread run."""
         observer = self._observer
         if observer is None or not observer.is_alive():
             return False
