@@ -32,7 +32,7 @@ from typing import Any
 
 from quantd import faults, fsutil
 from quantd.config import Stage
-from quantd.errors import ClaimLost, InvalidItem, RoutingError
+from quantd.errors import ClaimLost, InvalidItem, QuantdError, RoutingError
 from quantd.holder import HolderKey, host_name
 from quantd.items import (
     Item,
@@ -274,6 +274,16 @@ class FileStore:
         except BadFile as error:
             quarantine(self.tree, target, error.reason, error.detail, queue=queue)
             return None
+        name_id = stem.rpartition("~")[2]
+        if doc["id"] != name_id:
+            # Finishing by id looks the claim up by its file name, so such
+            # a claim could never be completed through the command line.
+            detail = (
+                f"the file name gives id {name_id!r} but the document's id "
+                f"is {doc['id']!r}"
+            )
+            quarantine(self.tree, target, Reason.INVALID_ITEM, detail, queue=queue)
+            return None
         now = utc_now()
         doc["status"] = ItemStatus.IN_PROGRESS.value
         doc["claimed_by"] = holder.worker
@@ -412,9 +422,10 @@ class FileStore:
         self.tree.queue_dir(target)
         holder_dir = item.path.parent
         if holder_dir.parent.name != CLAIMS_DIR:
-            raise ClaimLost(
-                f"item {item.id!r} at {item.path} was not claimed through "
-                "quantd; only complete or fail it"
+            raise QuantdError(
+                f"item {item.id!r} at {item.path} was claimed by a "
+                "reference-protocol worker, which route cannot commit; "
+                "complete or fail it, and push the successor separately"
             )
         assert holder.stage is not None
         now = utc_now()

@@ -580,3 +580,9 @@ def test_round_trip_durable_and_not(tree: Tree, durable: bool) -> None:
     assert list(archived(opened, "failed")) == [f"{ids[1]}.json"]
     assert pending_names(opened, "to-optimize")[0].endswith(f"~{successor}.json")
     assert os.listdir(opened.tmp) == []
+
+
+def test_claim_quarantines_id_not_matching_name(tree: Tree) -> None:
+    write_reference_item(tree.queue_dir("hypotheses"), "hyp-2", name="hyp-1.json")
+    assert backtester(tree).claim() is None
+    assert quarantined_reasons(tree) == ["invalid_item"]

@@ -182,3 +182,25 @@ def test_reference_item_without_priority_is_low(tree: Tree) -> None:
     assert first is not None and second is not None
     assert [first.id, second.id] == [medium, "hyp-none"]
     assert second.priority is quantd.Priority.LOW
+
+
+def test_route_reference_claim_rejected(tree: Tree) -> None:
+    """route cannot commit a reference claim; it says so with exit 1, not
+    the lost-claim code, and pushes nothing."""
+    queue = tree.queue_dir("hypotheses")
+    claim = "hyp-1.claimed-backtester-pane-0.json"
+    write_reference_item(queue, "hyp-1", name=claim)
+    result = run_quantd(
+        "route",
+        "hyp-1",
+        "to-optimize",
+        "--root",
+        tree.root,
+        "--worker",
+        "backtester-pane-0",
+        input="{}",
+    )
+    assert result.returncode == 1
+    assert "reference-protocol worker" in result.stderr
+    assert os.listdir(queue) == [claim]
+    assert os.listdir(tree.queue_dir("to-optimize")) == []
