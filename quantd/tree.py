@@ -222,9 +222,12 @@ def init_tree(
     """Create a tree's directories and, when none exists, its config file.
 
     Returns the tree and whether a config file was written. An existing
-    config file is never overwritten.
+    config file is never overwritten. The root is found as open_tree finds
+    it, so a config given by ``config`` or ``$QUANTD_CONFIG`` may set it
+    with ``tree.root``.
     """
-    path = resolve_root(root)
+    explicit = find_config_path(config, None)
+    path = resolve_root(root, load_config(explicit) if explicit else None)
     path.mkdir(parents=True, exist_ok=True)
     written = False
     if config is None and find_config_path(None, path) is None:

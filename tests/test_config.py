@@ -359,3 +359,29 @@ def test_init_writes_reference_config(tmp_path: Path) -> None:
     again = run_quantd("init", "--root", root)
     assert again.returncode == 0
     assert "kept" in again.stdout
+
+
+def test_init_uses_config_tree_root(tmp_path: Path) -> None:
+    """init creates the tree where the config's tree.root points, the same
+    place that later commands open."""
+    document = _reference_document()
+    document["tree"]["root"] = "data"
+    config = tmp_path / "pipeline.toml"
+    config.write_text(tomli_w.dumps(document))
+    work = tmp_path / "work"
+    work.mkdir()
+    init = run_quantd("init", "--config", config, cwd=work)
+    assert init.returncode == 0, init.stderr
+    assert (tmp_path / "data" / "queues" / "hypotheses").is_dir()
+    assert not (work / "queues").exists()
+    push = run_quantd(
+        "push",
+        "hypotheses",
+        "--config",
+        config,
+        "--worker",
+        "researcher-1",
+        input="{}",
+        cwd=work,
+    )
+    assert push.returncode == 0, push.stderr
