@@ -295,6 +295,11 @@ class FileStore:
         if path not in self._holder_dirs:
             self._write_holder_record(holder)
             path.mkdir(parents=True, exist_ok=True)
+            if self.tree.durable:
+                # A claim renamed into a new directory is durable only
+                # once the directory's own entry is.
+                fsutil.fsync_dir(path.parent)
+                fsutil.fsync_dir(path.parent.parent)
             self._holder_dirs.add(path)
         return path
 
