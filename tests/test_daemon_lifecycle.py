@@ -38,7 +38,9 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
 def quick_tree(tmp_path: Path) -> Tree:
     root = tmp_path / "tree"
     quantd.init_tree(root)
-    return configure(root, write_grace_s=0.2, status_debounce_s=0.05)
+    return configure(
+        root, write_grace_s=0.2, status_debounce_s=0.05, reconcile_interval_s=3600.0
+    )
 
 
 @pytest.fixture
@@ -94,6 +96,10 @@ def test_sighup_broken_config_kept(quick_tree: Tree, daemons: Daemons) -> None:
     config.write_text(good)
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: daemon.event("config_reloaded"), what="reload")
+    # The sweep interval is an hour, so only the new watcher can see this.
+    late = quick_tree.queue_dir("to-convert") / "late.json"
+    late.write_bytes(b"{")
+    wait_for(lambda: not late.exists(), what="quarantine after a reload")
     assert daemon.stop() == 0
 
 

@@ -522,3 +522,25 @@ def test_nesting_depth() -> None:
     assert not nested_deeper_than({}, 1)
     assert not nested_deeper_than({"a": [1, {"b": []}]}, 4)
     assert nested_deeper_than({"a": [1, {"b": []}]}, 3)
+
+
+def test_checked_cache_reloaded(small_tree: Tree, reconciler: Reconciler) -> None:
+    push(small_tree)
+    push(small_tree)
+    reconciler.reconcile(time.time())
+    reconciler.save_checked()
+    restarted = Reconciler(small_tree, reconciler._registry, Journal())
+
+    assert restarted.load_checked() == 2
+    summary = restarted.reconcile(time.time())
+    assert summary["valid"] == 2
+
+
+def test_checked_cache_corrupt_ignored(
+    small_tree: Tree, reconciler: Reconciler
+) -> None:
+    (small_tree.internal / "checked.json").write_bytes(b'{"version": 1, "entr')
+
+    assert reconciler.load_checked() == 0
+    push(small_tree)
+    assert reconciler.reconcile(time.time())["valid"] == 1

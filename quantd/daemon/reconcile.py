@@ -172,14 +172,21 @@ class Reconciler:
         """Load the files that an earlier daemon found valid; return how
         many. A missing or unreadable cache only costs re-reading files."""
         try:
-            document = json.loads((self.tree.internal / CHECKED_CACHE).read_bytes())
+            data = (self.tree.internal / CHECKED_CACHE).read_bytes()
+        except FileNotFoundError:
+            return 0
+        except OSError as error:
+            self._journal.log("checked_cache_unused", error=str(error))
+            return 0
+        try:
+            document = json.loads(data)
             entries = document["entries"] if document["version"] == 1 else {}
             self._valid = {
                 str(path): (int(a), int(b), int(c), int(d))
                 for path, (a, b, c, d) in entries.items()
             }
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            self._journal.log("checked_cache_unused", error=str(error))
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            self._journal.log("checked_cache_unused", error=repr(error))
             self._valid = {}
         return len(self._valid)
 

@@ -270,6 +270,7 @@ class Daemon:
             return
         self.tree = tree
         self.reconciler.set_tree(tree)
+        self.selector.unregister(self.watcher.fileno())
         self.watcher.close()
         self.watcher = self._new_watcher()
         self.watcher.start()
@@ -280,14 +281,8 @@ class Daemon:
     def _new_watcher(self) -> Watcher:
         recursive = [self.tree.root / p for p in self.tree.config.targets().values()]
         watcher = Watcher(recursive, [self.tree.recovering], self.journal)
-        self.selector_register_watcher(watcher)
-        return watcher
-
-    def selector_register_watcher(self, watcher: Watcher) -> None:
-        for key in list(self.selector.get_map().values()):
-            if key.data == _WAKE_WATCHER:
-                self.selector.unregister(key.fileobj)
         self.selector.register(watcher.fileno(), selectors.EVENT_READ, _WAKE_WATCHER)
+        return watcher
 
     def _renew_watchdog(self, now: float) -> None:
         interval = self.notifier.watchdog_interval_s()
