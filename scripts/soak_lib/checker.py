@@ -73,7 +73,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
 
     def violate(self, kind: str, ids: list[str] | tuple[str, ...], detail: str) -> None:
-        self.violations.append(Violation(kind, tuple(ids), detail))
+        unique = tuple(dict.fromkeys(ids))
+        self.violations.append(Violation(kind, unique, detail))
 
 
 # -- scanning the tree -------------------------------------------------------
@@ -315,6 +316,14 @@ def _check_leaf(
             )
         return
     decision = path[depth][1]
+    if decision.action == "poison":
+        report.violate(
+            "misplaced",
+            ids,
+            f"poison item of seq {root.seq} kills every worker, so it must be "
+            f"dead-lettered, but it sits in {leaf.place}",
+        )
+        return
     if decision.action == "route":
         report.violate(
             "lost",
@@ -330,6 +339,13 @@ def _check_leaf(
             ids,
             f"lineage of seq {root.seq} must end in {expected_place}, "
             f"ends in {leaf.place}",
+        )
+    elif expected_place == "failed" and not leaf.doc.get("last_error"):
+        report.violate(
+            "reason_lost",
+            ids,
+            f"item of seq {root.seq} sits in failed/ without its reason "
+            f"(status {leaf.doc.get('status')!r}, no last_error)",
         )
 
 

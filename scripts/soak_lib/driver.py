@@ -9,6 +9,7 @@ decisions, not the same interleaving.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -71,6 +72,8 @@ DAEMON_FAULT_PROBABILITY = 0.5
 BUG_FAULT_PROBABILITY = 0.8
 TICK_S = 0.02
 PROGRESS_EVERY_S = 15.0
+# How often the driver lists the tree to see whether the chaos is over.
+LOOK_EVERY_S = 1.0
 # A run whose archives and outputs do not grow for this long is stalled.
 STALL_LIMIT_S = 120.0
 INOTIFY_LIMIT_PATH = Path("/proc/sys/fs/inotify/max_queued_events")
@@ -112,6 +115,7 @@ class Soak:
         self.logs = self.state / "logs"
         self.staging = self.state / "staging"
         self.ledgers = self.state / "ledgers"
+        self.poison_dir = self.state / "poison"
         self.counts: Counter[str] = Counter()
         self.violations: list[Violation] = []
         self.dropped: list[badfiles.Dropped] = []
@@ -133,7 +137,7 @@ class Soak:
     # -- set-up ---------------------------------------------------------------
 
     def setup(self) -> None:
-        for directory in (self.logs, self.staging, self.ledgers):
+        for directory in (self.logs, self.staging, self.ledgers, self.poison_dir):
             directory.mkdir(parents=True, exist_ok=True)
         init_tree(self.tree_root)
         config_path = self.tree_root / "quantd.toml"
@@ -171,12 +175,16 @@ class Soak:
 
     def _chaos_phase(self) -> None:
         last_progress = (self.started, -1)
-        last_print = self.started
+        last_print = last_look = self.started
         while True:
             now = time.monotonic()
             self._reap(now)
             self._maintain(now, chaos=True)
             self._chaos(now)
+            if now - last_look < LOOK_EVERY_S:
+                time.sleep(TICK_S)
+                continue
+            last_look = now
             if self._chaos_over(now):
                 return
             if now - last_print >= PROGRESS_EVERY_S:
@@ -277,6 +285,9 @@ class Soak:
     def _classify_exit(self, proc: Proc, code: int) -> None:
         if proc.killed:
             return
+        if code == -9 and (self.poison_dir / str(proc.pid)).exists():
+            self.counts["poison_kills"] += 1
+            return
         if code == -9 and proc.faults:
             step = proc.faults.partition("@")[0]
             self.counts[f"fault_kills_{proc.role}"] += 1
@@ -331,7 +342,9 @@ class Soak:
         ]
         if stage == plan.RESEARCHER:
             argv += self._researcher_args(slot)
-        elif self.options.inject_bug:
+        else:
+            argv += ["--poison-dir", str(self.poison_dir)]
+        if stage != plan.RESEARCHER and self.options.inject_bug:
             argv += ["--bug", self.options.inject_bug]
         faults = self._worker_faults(stage) if chaos else None
         self.workers[(stage, slot)] = spawn(
@@ -595,13 +608,7 @@ class Soak:
         return not _listdir(self.tree.recovering)
 
     def _ledger_ids(self) -> set[str]:
-        ids = set()
-        for path in self.ledgers.glob("*.ledger"):
-            for line in path.read_text().splitlines():
-                fields = line.split()
-                if len(fields) == 2:
-                    ids.add(fields[1])
-        return ids
+        return read_ledger_ids(self.ledgers)
 
     def _print_progress(self, now: float) -> None:
         kills = self.counts["worker_kills_timing"] + sum(
@@ -629,6 +636,31 @@ class Soak:
         )
         counts["bad_files_dropped"] = len(self.dropped)
         return counts
+
+
+def read_ledger_ids(ledgers: Path) -> set[str]:
+    """Return every id whose push a researcher saw return."""
+    ids = set()
+    for path in ledgers.glob("*.ledger"):
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) == 2:
+                ids.add(fields[1])
+    return ids
+
+
+def check_saved_run(root: Path) -> tuple[Report, int]:
+    """Check the tree of a finished run kept in ``root`` again; return the
+    report and the run's seed."""
+    state = root / "state"
+    run = json.loads((state / "run.json").read_text())
+    dropped = []
+    with contextlib.suppress(FileNotFoundError):
+        lines = (state / "badfiles.jsonl").read_text().splitlines()
+        dropped = [badfiles.Dropped.from_json(line) for line in lines]
+    tree = open_tree(root / "tree")
+    report = check(tree, run["run_id"], read_ledger_ids(state / "ledgers"), dropped)
+    return report, int(run["seed"])
 
 
 def _listdir(directory: Path) -> list[str]:

@@ -21,6 +21,9 @@ PRIORITIES = ("high", "medium", "low")
 # is completed without a successor.
 CONVERTER_FAIL_EVERY = 23
 BACKTESTER_COMPLETE_EVERY = 19
+# One item in this many is poison: every worker that claims it dies, so
+# recovery returns it until it is dead-lettered.
+POISON_EVERY = 151
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,10 @@ def priority(seq: int) -> str:
 
 
 def decide(seq: int, queue: str) -> Decision:
-    """Return what the stage consuming ``queue`` does with item ``seq``."""
+    """Return what the stage consuming ``queue`` does with item ``seq``:
+    ``route``, ``complete``, ``fail``, or ``poison`` (the worker dies)."""
+    if queue == entry_queue(seq) and draw(seq, "poison") % POISON_EVERY == 0:
+        return Decision("poison")
     if queue == "to-convert":
         if draw(seq, "converter") % CONVERTER_FAIL_EVERY == 0:
             return Decision("fail")
@@ -65,7 +71,8 @@ def decide(seq: int, queue: str) -> Decision:
 def expected_path(seq: int) -> list[tuple[str, Decision]]:
     """Return every (queue, decision) a lineage passes through, in order.
 
-    The last decision is a complete, a fail, or a route into an output.
+    The last decision is a complete, a fail, a poison, or a route into an
+    output.
     """
     path = []
     queue = entry_queue(seq)

@@ -68,6 +68,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run", required=True, help="soak run id, put in payloads")
     parser.add_argument("--work-ms", type=float, default=20.0)
     parser.add_argument("--bug", choices=[BUG_ARCHIVE_BEFORE_ROUTE])
+    parser.add_argument(
+        "--poison-dir", help="where to leave a mark before dying of a poison item"
+    )
     # Researcher only: which sequence numbers to push.
     parser.add_argument("--ledger")
     parser.add_argument("--first-seq", type=int, default=0)
@@ -161,6 +164,11 @@ def _process(
     value = _compute(item)
     time.sleep(rng.uniform(0, args.work_ms) / 1000)
     decision = plan.decide(seq, item.queue)
+    if decision.action == "poison":
+        _log(log, "poisoned", item_id=item.id, seq=seq)
+        if args.poison_dir:
+            (Path(args.poison_dir) / str(os.getpid())).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
     if decision.action == "fail":
         worker.fail(item, plan.fail_reason(seq, item.queue))
         _log(log, "failed", item_id=item.id, seq=seq)

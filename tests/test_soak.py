@@ -1,0 +1,245 @@
+"""The chaos soak: a short run with every kind of chaos must find nothing
+lost or duplicated, and a deliberately broken worker must make it fail
+naming the lost ids. The checker is also tested on hand-made trees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quantd import Worker, init_tree
+from quantd.filestore import new_document, publish
+from quantd.items import Priority, utc_now
+
+REPO = Path(__file__).resolve().parent.parent
+SOAK = REPO / "scripts" / "soak"
+sys.path.insert(0, str(REPO / "scripts"))
+
+from soak_lib import badfiles, plan  # noqa: E402
+from soak_lib.checker import check  # noqa: E402
+
+SEED = 20261204
+RUN = "soak-test"
+
+
+def run_soak(tmp_path: Path, *options: str, timeout_s: float) -> tuple[int, str, Any]:
+    counts_path = tmp_path / "counts.json"
+    command = [
+        sys.executable,
+        str(SOAK),
+        "--root",
+        str(tmp_path / "run"),
+        "--json",
+        str(counts_path),
+        *options,
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO,
+    )
+    output = result.stdout + result.stderr
+    document = json.loads(counts_path.read_text()) if counts_path.exists() else None
+    return result.returncode, output, document
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_short_soak_passes(tmp_path: Path) -> None:
+    code, output, document = run_soak(
+        tmp_path, "--minutes", "1", "--seed", str(SEED), timeout_s=400
+    )
+    assert document is not None, output
+    violations = document["violations"]
+    assert violations == [], output
+    assert code == 0, output
+    counts = document["counts"]
+    assert counts["lost"] == 0
+    assert counts["duplicated"] == 0
+    assert counts["items"] > 0
+    assert counts["worker_kills_timing"] > 0, counts
+    assert any(k.startswith("fault_kill:") for k in counts), counts
+    assert counts.get("fault_kills_daemon", 0) + counts["daemon_kills"] > 0
+    assert counts["stops"] > 0, counts
+    assert counts["overflows_attempted"] > 0, counts
+    assert counts["recoveries"] > 0, counts
+    for kind in badfiles.KINDS:
+        assert counts.get(f"bad_file:{kind}", 0) > 0, kind
+    assert counts["quarantined_bad_files"] == counts["bad_files_dropped"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_archive_before_route_loses_items(tmp_path: Path) -> None:
+    code, output, document = run_soak(
+        tmp_path,
+        "--items",
+        "120",
+        "--seed",
+        str(SEED),
+        "--inject-bug",
+        "archive-before-route",
+        timeout_s=280,
+    )
+    assert code == 1, output
+    assert document is not None, output
+    lost = [v for v in document["violations"] if v["kind"] == "lost"]
+    assert lost, output
+    for violation in lost:
+        assert violation["ids"], violation
+        assert violation["ids"][0] in output
+    assert "VIOLATION lost" in output
+    assert f"--seed {SEED}" in output
+
+
+# -- the checker on hand-made trees ------------------------------------------
+
+
+def push_root(worker: Worker, seq: int) -> str:
+    payload = {"soak": RUN, "seq": seq}
+    return worker.push(plan.entry_queue(seq), payload)
+
+
+def seq_with_path(length: int, terminal: str) -> int:
+    """Return the first sequence number whose lineage has ``length`` steps
+    and ends with action ``terminal``."""
+    for seq in range(10_000):
+        path = plan.expected_path(seq)
+        shape = (len(path), path[-1][1].action, path[0][0])
+        if shape == (length, terminal, "to-convert"):
+            return seq
+    raise AssertionError("no such sequence number")
+
+
+def run_lineage(tree_root: Path, seq: int) -> list[str]:
+    """Push item ``seq`` and take it through every stage as the plan says."""
+    ids = []
+    with Worker(open_tree_at(tree_root), "researcher-t") as researcher:
+        ids.append(push_root(researcher, seq))
+    for queue, decision in plan.expected_path(seq):
+        stage = plan.CONSUMER_OF_QUEUE[queue]
+        with Worker(open_tree_at(tree_root), f"{stage}-t") as worker:
+            item = worker.claim(queue)
+            assert item is not None
+            if decision.action == "route":
+                assert decision.target is not None
+                ids.append(
+                    worker.route(item, decision.target, {"soak": RUN, "seq": seq})
+                )
+            elif decision.action == "complete":
+                worker.complete(item)
+            else:
+                worker.fail(item, plan.fail_reason(seq, queue))
+    return ids
+
+
+def open_tree_at(root: Path) -> Any:
+    from quantd import open_tree
+
+    return open_tree(root)
+
+
+def test_checker_accepts_whole_lineage(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path)
+    seq = seq_with_path(3, "route")
+    ids = run_lineage(tmp_path, seq)
+    report = check(tree, RUN, {ids[0]}, [])
+    assert report.violations == []
+    assert report.counts["items"] == 1
+    assert report.counts["successors"] == 3
+
+
+def test_checker_reports_duplicate_successor(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path)
+    seq = seq_with_path(3, "route")
+    ids = run_lineage(tmp_path, seq)
+    original = json.loads(
+        next((tmp_path / "queues" / "completed").glob(f"{ids[1]}.json")).read_bytes()
+    )
+    # A second successor of the root item, as a route that pushed twice
+    # would leave.
+    twin = new_document(
+        {"soak": RUN, "seq": seq},
+        priority=Priority.MEDIUM,
+        stage="converter",
+        worker="converter-t",
+        now=utc_now(),
+        history=original["history"],
+    )
+    twin["parent_id"] = ids[0]
+    twin["root_id"] = ids[0]
+    publish(tree, twin, "to-backtest", prefix="push")
+    report = check(tree, RUN, {ids[0]}, [])
+    duplicated = [v for v in report.violations if v.kind == "duplicated"]
+    assert duplicated
+    assert ids[0] in duplicated[0].ids
+    assert twin["id"] in duplicated[0].ids
+
+
+def test_checker_reports_lost_successor(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path)
+    seq = seq_with_path(3, "route")
+    with Worker(tree, "researcher-t") as researcher:
+        root = push_root(researcher, seq)
+    with Worker(tree, "converter-t") as converter:
+        item = converter.claim("to-convert")
+        assert item is not None
+        converter.complete(item)
+    report = check(tree, RUN, {root}, [])
+    lost = [v for v in report.violations if v.kind == "lost"]
+    assert len(lost) == 1
+    assert lost[0].ids[0] == root
+
+
+def test_checker_reports_unpushed_ledger_id(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path)
+    report = check(tree, RUN, {"researcher-20261204T000000-0000000000000000"}, [])
+    assert [v.kind for v in report.violations] == ["lost"]
+
+
+def test_checker_reports_changed_quarantine(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    dropped = badfiles.drop(
+        "invalid_json",
+        "to-convert",
+        tree.queue_dir("to-convert"),
+        staging,
+        0,
+        max_item_bytes=tree.config.daemon.max_item_bytes,
+        max_json_depth=tree.config.daemon.max_json_depth,
+    )
+    with Worker(tree, "converter-t") as converter:
+        assert converter.claim("to-convert") is None
+    entries = list(tree.quarantine.iterdir())
+    assert len(entries) == 1
+    assert check(tree, RUN, set(), [dropped]).violations == []
+    (entries[0] / "item").write_bytes(b"{}")
+    kinds = [v.kind for v in check(tree, RUN, set(), [dropped]).violations]
+    assert kinds == ["quarantine_changed"]
+
+
+def test_checker_reports_bad_file_left_in_queue(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    dropped = badfiles.drop(
+        "non_utf8_name",
+        "to-convert",
+        tree.queue_dir("to-convert"),
+        staging,
+        0,
+        max_item_bytes=tree.config.daemon.max_item_bytes,
+        max_json_depth=tree.config.daemon.max_json_depth,
+    )
+    violations = check(tree, RUN, set(), [dropped]).violations
+    assert [v.kind for v in violations] == ["not_quarantined"]
+    assert "queues/to-convert" in violations[0].detail
