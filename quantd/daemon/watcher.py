@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from quantd.daemon.journal import Journal
 _EVENTS_LOST = getattr(watchdog_events, "EventsLostEvent", None)
 _WATCH_LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE)
 POLLING_INTERVAL_S = 1.0
+_INOTIFY_LOGGER = "watchdog.observers.inotify"
 
 
 @dataclass
@@ -47,6 +50,23 @@ class _Recorder(watchdog_events.FileSystemEventHandler):
 
     def on_any_event(self, event: watchdog_events.FileSystemEvent) -> None:
         self._watcher.note(event)
+
+
+class _LimitWarnings(logging.Handler):
+    """Catches watchdog's warning that a directory could not be watched.
+
+    watchdog's inotify emitter logs "Unable to watch" and goes on without
+    that directory when adding a watch fails with ENOSPC or EMFILE after
+    start-up (watchdog 7.x), so the daemon would go partly deaf.
+    """
+
+    def __init__(self, watcher: Watcher) -> None:
+        super().__init__(logging.WARNING)
+        self._watcher = watcher
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Unable to watch"):
+            self._watcher.note_limit(record.getMessage())
 
 
 class _Wakeup:
@@ -83,7 +103,11 @@ class Watcher:
     directory, restarted when it dies."""
 
     def __init__(
-        self, recursive: list[Path], flat: list[Path], journal: Journal
+        self,
+        recursive: list[Path],
+        flat: list[Path],
+        journal: Journal,
+        observer_class: Callable[[], Any] = Observer,
     ) -> None:
         self._recursive = recursive
         self._flat = flat
@@ -95,6 +119,9 @@ class Watcher:
         self.mode = "stopped"
         self.restarts = 0
         self._polling_forced = False
+        self._observer_class = observer_class
+        self._limit_handler = _LimitWarnings(self)
+        self._limit_error: str | None = None
 
     def fileno(self) -> int:
         return self._wakeup.fileno()
@@ -124,25 +151,39 @@ class Watcher:
         """Start observing; fall back to polling when inotify runs out of
         watches or instances."""
         if not self._polling_forced:
+            logging.getLogger(_INOTIFY_LOGGER).addHandler(self._limit_handler)
             try:
-                self._observer = self._started(Observer())
+                self._observer = self._started(self._observer_class())
                 self.mode = _observer_mode(self._observer)
                 return
             except OSError as error:
                 if error.errno not in _WATCH_LIMIT_ERRORS:
                     raise
-                self._polling_forced = True
-                self._journal.count("errors")
-                self._journal.log(
-                    "watcher_limit_reached",
-                    "error",
-                    error=str(error),
-                    fix="raise the sysctl fs.inotify.max_user_watches (and "
-                    "fs.inotify.max_user_instances), then restart the daemon",
-                    fallback="polling",
-                )
+                self._fall_back(str(error))
         self._observer = self._started(PollingObserver(timeout=POLLING_INTERVAL_S))
         self.mode = "polling"
+
+    def _fall_back(self, error: str) -> None:
+        """Switch to polling for the rest of this process's life."""
+        self._polling_forced = True
+        logging.getLogger(_INOTIFY_LOGGER).removeHandler(self._limit_handler)
+        self._journal.count("errors")
+        self._journal.record(
+            "watcher_limit_reached",
+            "error",
+            error=error,
+            reason="inotify ran out of watches or instances; polling instead, "
+            "which notices changes up to a second later and costs a scan of "
+            "every watched directory per second. Raise the sysctl "
+            "fs.inotify.max_user_watches (and fs.inotify.max_user_instances), "
+            "then restart the daemon",
+        )
+
+    def note_limit(self, message: str) -> None:
+        """Record that inotify could not watch a directory; called in the
+        emitter thread. The main loop then switches to polling."""
+        self._limit_error = message
+        self._wakeup.set()
 
     def _started(self, observer: Any) -> Any:
         handler = _Recorder(self)
@@ -175,16 +216,22 @@ class Watcher:
         return all(emitter.is_alive() for emitter in observer.emitters)
 
     def ensure_alive(self) -> bool:
-        """Restart a dead observer thread; return whether it was restarted.
+        """Restart a dead observer, or switch to polling once inotify could
+        not watch a directory; return whether the watcher was restarted.
 
         The caller reconciles the whole tree after a restart, since events
-        were lost while the observer was dead.
+        were lost while the observer was dead or partly deaf.
         """
-        if self.alive():
+        if self._limit_error is not None and not self._polling_forced:
+            self._fall_back(self._limit_error)
+            reason = "watch_limit_reached"
+        elif not self.alive():
+            reason = "observer_died"
+        else:
             return False
         self.restarts += 1
         self._journal.count("watcher_restarts")
-        self._journal.record("watcher_restarted", "warning", reason="observer_died")
+        self._journal.record("watcher_restarted", "warning", reason=reason)
         self.stop()
         self.start()
         return True
@@ -200,6 +247,7 @@ class Watcher:
 
     def close(self) -> None:
         self.stop()
+        logging.getLogger(_INOTIFY_LOGGER).removeHandler(self._limit_handler)
         self._wakeup.close()
 
     def info(self) -> dict[str, Any]:
