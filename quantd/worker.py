@@ -12,7 +12,13 @@ from quantd.config import Stage
 from quantd.errors import ClaimLost, ConfigError, QuantdError
 from quantd.filestore import FileStore, Holder, read_item_file
 from quantd.holder import HolderKey
-from quantd.items import Item, ItemStatus, Priority, parse_reference_claim
+from quantd.items import (
+    Item,
+    ItemStatus,
+    Priority,
+    parse_reference_claim,
+    validate_id,
+)
 from quantd.store import Store
 from quantd.tree import CLAIMS_DIR, Tree, open_tree
 
@@ -126,8 +132,10 @@ class Worker:
         """Find this worker's claim on ``item_id`` by exact id.
 
         Looks in the holder's claim directories, then at reference-protocol
-        claims named for this worker. Raises ClaimLost if there is none.
+        claims named for this worker. Raises InvalidId for an id that is
+        not valid and ClaimLost if there is no claim.
         """
+        validate_id(item_id)
         if item_id in self._held:
             return self._held[item_id]
         limit = self.tree.config.daemon.max_item_bytes

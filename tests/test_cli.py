@@ -286,3 +286,13 @@ def test_claim_pid_invalid(tmp_path: Path, pid: str, message: str) -> None:
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bad_id", ["../x", "a/b", "..", ".hidden", "x\x01y"])
+def test_finish_hostile_id_rejected(tmp_path: Path, bad_id: str) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    result = run_quantd("complete", bad_id, "--root", root, "--worker", "backtester-1")
+    assert result.returncode == 1
+    assert "invalid item id" in result.stderr
