@@ -35,6 +35,14 @@ class Sizes:
     # watcher's 0.5 s grouping delay for moves out of a watched directory.
     idle_handoffs: int
     idle_cpu_s: float
+    recovery_victims: int
+    status_samples: int
+    # Pending items of the tree the daemon's footprint is measured on; 0
+    # leaves the footprint out.
+    daemon_tree_items: int
+    # Longer than the daemon's 30 s periodic reconcile, so that one falls
+    # inside the window.
+    daemon_idle_s: float
 
 
 FULL = Sizes(
@@ -50,6 +58,10 @@ FULL = Sizes(
     handoffs=100,
     idle_handoffs=10,
     idle_cpu_s=3.0,
+    recovery_victims=15,
+    status_samples=15,
+    daemon_tree_items=100_000,
+    daemon_idle_s=35.0,
 )
 
 QUICK = Sizes(
@@ -66,6 +78,10 @@ QUICK = Sizes(
     handoffs=20,
     idle_handoffs=2,
     idle_cpu_s=1.0,
+    recovery_victims=3,
+    status_samples=3,
+    daemon_tree_items=0,
+    daemon_idle_s=0.0,
 )
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-# Quick mode skips the 100,000-item depth; the daemon metrics appear only
-# when the daemon group can start `quantd run`.
+# Quick mode skips the 100,000-item depth and the daemon's footprint on a
+# 100,000-item tree.
 EXPECTED_METRICS = [
     "limit_push_per_s",
     "limit_push_durable_per_s",
@@ -36,6 +36,11 @@ EXPECTED_METRICS = [
     "handoff_ms_p99",
     "handoff_ms_p50_idle",
     "waiting_claimer_cpu_pct",
+    "recovery_ms_p50",
+    "recovery_ms_p99",
+    "recovery_ms_p50_1000_claims",
+    "recovery_ms_p99_1000_claims",
+    "status_lag_ms_p50",
 ]
 
 
