@@ -355,9 +355,12 @@ class FileStore:
             return cached
         try:
             info = entry.stat(follow_symlinks=False)
-            modified = datetime.fromtimestamp(info.st_mtime, UTC)
-            fallback = modified.strftime("%Y%m%dT%H%M%S%f")
-            key = SortKey(2, fallback)
+        except FileNotFoundError:
+            return None
+        modified = datetime.fromtimestamp(info.st_mtime, UTC)
+        fallback = modified.strftime("%Y%m%dT%H%M%S%f")
+        key = SortKey(2, fallback)
+        try:
             if stat.S_ISREG(info.st_mode):
                 limit = self.tree.config.daemon.max_item_bytes
                 key = key_from_document(
@@ -366,7 +369,12 @@ class FileStore:
         except FileNotFoundError:
             return None
         except (BadFile, OSError):
-            pass
+            # A worker that writes <id>.json in place, not through a
+            # rename, shows an invalid file for a moment: it is skipped,
+            # not cached, until its last write is daemon.write_grace_s old.
+            age_s = time.time() - info.st_mtime
+            if age_s < self.tree.config.daemon.write_grace_s:
+                return None
         if len(self._reference_keys) > 100_000:
             self._reference_keys.clear()
         self._reference_keys[(queue, entry.name)] = key

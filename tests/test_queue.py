@@ -28,6 +28,12 @@ def backtester(tree: Tree) -> Worker:
     return Worker(tree, "backtester-1")
 
 
+def backdate(path: Path) -> None:
+    """Set a file's times an hour back, past daemon.write_grace_s."""
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+
+
 def pending_names(tree: Tree, queue: str) -> list[str]:
     return sorted(n for n in os.listdir(tree.queue_dir(queue)) if not n.startswith("."))
 
@@ -300,7 +306,8 @@ def test_claim_skips_hostile_names(tree: Tree, name: bytes) -> None:
 def test_claim_quarantines_hostile_document_id(tree: Tree, bad_id: object) -> None:
     """A valid file name whose document carries a hostile id is moved to
     quarantine, never used to build a path."""
-    write_reference_item(tree.queue_dir("hypotheses"), "fine", id=bad_id)
+    path = write_reference_item(tree.queue_dir("hypotheses"), "fine", id=bad_id)
+    backdate(path)
     worker = backtester(tree)
     assert worker.claim() is None
     assert quarantined_reasons(tree) == ["invalid_item"]
@@ -382,7 +389,8 @@ def test_claim_quarantines_too_large(tmp_path: Path) -> None:
     text = quantd.config.tomli_w.dumps(quantd.config._reference_document())
     config.write_text(text.replace("max_item_bytes = 1048576", "max_item_bytes = 100"))
     tree, _ = quantd.init_tree(tmp_path / "tree", config)
-    write_reference_item(tree.queue_dir("hypotheses"), "big", blob="x" * 200)
+    path = write_reference_item(tree.queue_dir("hypotheses"), "big", blob="x" * 200)
+    backdate(path)
     assert backtester(tree).claim() is None
     assert quarantined_reasons(tree) == ["too_large"]
 
@@ -580,6 +588,27 @@ def test_round_trip_durable_and_not(tree: Tree, durable: bool) -> None:
     assert list(archived(opened, "failed")) == [f"{ids[1]}.json"]
     assert pending_names(opened, "to-optimize")[0].endswith(f"~{successor}.json")
     assert os.listdir(opened.tmp) == []
+
+
+def test_claim_skips_young_invalid_reference_file(tree: Tree) -> None:
+    """A reference-named file still being written in place is left alone
+    until daemon.write_grace_s after its last write, then quarantined."""
+    path = tree.queue_dir("hypotheses") / "hyp-1.json"
+    path.write_text('{"id": "hyp-1", "pay')
+    worker = backtester(tree)
+    assert worker.claim() is None
+    assert path.exists()
+    assert quarantined_reasons(tree) == []
+    path.write_text('{"id": "hyp-1", "payload": {}}')
+    item = worker.claim()
+    assert item is not None
+    assert item.id == "hyp-1"
+    broken = tree.queue_dir("hypotheses") / "hyp-2.json"
+    broken.write_text("{")
+    assert worker.claim() is None
+    backdate(broken)
+    assert worker.claim() is None
+    assert quarantined_reasons(tree) == ["invalid_json"]
 
 
 def test_claim_quarantines_id_not_matching_name(tree: Tree) -> None:
