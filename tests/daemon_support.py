@@ -157,12 +157,24 @@ def read_json(path: Path) -> Any:
 
 def claim_by_hand(tree: Tree, queue: str, item: Path, key: HolderKey) -> Path:
     """Move a pending item into a claim directory of ``key``, as a claim by
-    that holder would."""
-    holder_dir = tree.claims_dir(queue) / str(key)
-    holder_dir.mkdir(parents=True, exist_ok=True)
-    target = holder_dir / item.name
-    os.rename(item, target)
-    return target
+    that holder would.
+
+    The claim directory is filled outside the queue and renamed into
+    place, so that a running daemon never sees it empty: it would remove
+    the empty directory of a dead holder.
+    """
+    scratch = tree.tmp / f"claim-{key}"
+    scratch.mkdir()
+    os.rename(item, scratch / item.name)
+    claims = tree.claims_dir(queue)
+    claims.mkdir(exist_ok=True)
+    holder_dir = claims / str(key)
+    if holder_dir.exists():
+        os.rename(scratch / item.name, holder_dir / item.name)
+        scratch.rmdir()
+    else:
+        os.rename(scratch, holder_dir)
+    return holder_dir / item.name
 
 
 def quarantine_entries(tree: Tree) -> list[Path]:
