@@ -38,6 +38,8 @@ from quantd.tree import open_tree
 # Upper bound of one wait: how often the observer thread's health is
 # checked and, where there are no pidfds, how often holders are polled.
 TICK_S = 1.0
+# After a step failed, the whole tree is swept again this soon at the latest.
+FAILED_STEP_RETRY_S = 5.0
 # How often the cache of files found valid is saved, besides at shutdown.
 CACHE_SAVE_INTERVAL_S = 300.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -133,7 +135,7 @@ class Daemon:
         self.journal.log("daemon_stopping", pid=os.getpid())
         self.watcher.stop()
         self._save_checked()
-        self.write_status(time.time(), state="stopped")
+        self._guarded_status(time.time(), state="stopped")
         self.journal.log("daemon_stopped", pid=os.getpid())
 
     def close(self) -> None:
@@ -186,7 +188,10 @@ class Daemon:
             self._act(exited, now)
         except Exception as error:
             healthy = False
-            self.journal.failed("main_loop", error)
+            self.journal.failed("main_loop", error, path=str(self.tree.root))
+            # Paths drained from the watcher may not have been looked at.
+            retry = now + min(FAILED_STEP_RETRY_S, self._reconcile_interval())
+            self._next_reconcile = min(self._next_reconcile, retry)
         status_due = self._status_due is not None and now >= self._status_due
         if status_due or now >= self._next_status:
             self._guarded_status(now)
@@ -230,8 +235,11 @@ class Daemon:
     def full_reconcile(self, now: float) -> dict[str, Any]:
         summary = self.reconciler.reconcile(now)
         self._last_reconcile_at = datetime.now(UTC)
-        self._next_reconcile = now + self.tree.config.daemon.reconcile_interval_s
+        self._next_reconcile = now + self._reconcile_interval()
         return summary
+
+    def _reconcile_interval(self) -> float:
+        return self.tree.config.daemon.reconcile_interval_s
 
     def _save_checked(self) -> None:
         try:
@@ -294,9 +302,9 @@ class Daemon:
 
     # -- status ---------------------------------------------------------
 
-    def _guarded_status(self, now: float) -> None:
+    def _guarded_status(self, now: float, state: str = "running") -> None:
         try:
-            self.write_status(now)
+            self.write_status(now, state)
         except Exception as error:
             self.journal.failed("write_status", error, path=str(self.tree.status_path))
             self._next_status = now + self.tree.config.daemon.status_interval_s
