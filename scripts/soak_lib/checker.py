@@ -437,7 +437,17 @@ def _check_bad_files(
     report: Report, scan: Scan, dropped: list[Dropped], tree: Tree
 ) -> None:
     by_name: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
+    report.counts["quarantine_entries_without_item"] = 0
     for entry, reason in scan.quarantine:
+        if not os.path.lexists(entry / "item"):
+            # quarantine() writes the reason first: a process killed
+            # before the move leaves a reason with no item.
+            report.counts["quarantine_entries_without_item"] += 1
+            report.warnings.append(
+                f"quarantine entry {entry} has a reason and no item: "
+                f"{reason.get('original_path')}"
+            )
+            continue
         by_name[str(reason.get("original_name_hex"))].append((entry, reason))
     expected = {d.name_hex for d in dropped}
     report.counts["quarantined_bad_files"] = 0

@@ -71,6 +71,7 @@ WORKER_FAULT_PROBABILITY = 0.4
 DAEMON_FAULT_PROBABILITY = 0.5
 BUG_FAULT_PROBABILITY = 0.8
 TICK_S = 0.02
+STATUS_WRITE_WAIT_S = 3.0
 PROGRESS_EVERY_S = 15.0
 # How often the driver lists the tree to see whether the chaos is over.
 LOOK_EVERY_S = 1.0
@@ -128,7 +129,7 @@ class Soak:
         self.fault_cycles: dict[str, list[str]] = {}
         self.bad_kind_index = 0
         self.kill_daemon_at: float | None = None
-        self.kill_daemon_on_status: tuple[int, int] | None = None
+        self.kill_daemon_log_offset: int | None = None
         self.kill_daemon_after_start = False
         self.started = 0.0
         self.next_at: dict[str, float] = {}
@@ -213,7 +214,7 @@ class Soak:
         for stopped in list(self.stopped):
             self._judge_stop(stopped)
         self.kill_daemon_at = None
-        self.kill_daemon_on_status = None
+        self.kill_daemon_log_offset = None
         self.kill_daemon_after_start = False
         drain_started = time.monotonic()
         deadline = drain_started + self.options.drain_timeout_s
@@ -414,7 +415,7 @@ class Soak:
         self.counts["starts_daemon"] += 1
         if chaos and self.kill_daemon_after_start:
             self.kill_daemon_after_start = False
-            self.kill_daemon_at = time.monotonic() + self.rng.uniform(0.2, 1.2)
+            self.kill_daemon_log_offset = self.daemon.stderr_path.stat().st_size
 
     # -- chaos ----------------------------------------------------------------
 
@@ -444,24 +445,42 @@ class Soak:
         if mode == "now":
             self._kill_daemon("daemon_kills_timing")
         elif mode == "startup":
-            # Kill now, and kill the replacement again during its first
-            # reconcile.
+            # Kill now, and kill the replacement again during the sweep
+            # it starts with.
             self._kill_daemon("daemon_kills_timing")
             self.kill_daemon_after_start = True
+        elif self._wait_for_status_write():
+            self._kill_daemon("daemon_kills_status_write")
         else:
-            self.kill_daemon_on_status = _stat_key(self.tree.status_path)
+            self._kill_daemon("daemon_kills_timing")
         return True
+
+    def _wait_for_status_write(self) -> bool:
+        """Spin until the daemon's temp file of a status.json rewrite
+        exists, so that a kill lands in the middle of the write."""
+        deadline = time.monotonic() + STATUS_WRITE_WAIT_S
+        while time.monotonic() < deadline:
+            if any(n.startswith("status-") for n in _listdir(self.tree.tmp)):
+                return True
+        return False
 
     def _armed_daemon_kills(self, now: float) -> None:
         if self.daemon is None or self.daemon.stopped:
             return
+        if self.kill_daemon_log_offset is not None and self._daemon_started():
+            self.kill_daemon_log_offset = None
+            self.kill_daemon_at = now + self.rng.uniform(0.0, 0.3)
         if self.kill_daemon_at is not None and now >= self.kill_daemon_at:
             self.kill_daemon_at = None
-            self._kill_daemon("daemon_kills_startup")
-        armed = self.kill_daemon_on_status
-        if armed is not None and _stat_key(self.tree.status_path) != armed:
-            self.kill_daemon_on_status = None
-            self._kill_daemon("daemon_kills_status_write")
+            self._kill_daemon("daemon_kills_startup_sweep")
+
+    def _daemon_started(self) -> bool:
+        """Whether the current daemon logged its start, which comes just
+        before its first sweep of the tree."""
+        assert self.daemon is not None and self.kill_daemon_log_offset is not None
+        with open(self.daemon.stderr_path, "rb") as log:
+            log.seek(self.kill_daemon_log_offset)
+            return b'"daemon_started"' in log.read()
 
     def _kill_daemon(self, counter: str) -> None:
         if self.daemon is not None and self.daemon.alive():
@@ -668,14 +687,6 @@ def _listdir(directory: Path) -> list[str]:
         return sorted(os.listdir(directory))
     except FileNotFoundError:
         return []
-
-
-def _stat_key(path: Path) -> tuple[int, int]:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return (0, 0)
-    return (info.st_ino, info.st_mtime_ns)
 
 
 def _wait_stopped(pid: int, timeout_s: float = 2.0) -> bool:
