@@ -589,6 +589,9 @@ def finish_route(tree: Tree, holder_dir: Path, stem: str, queue: str) -> None:
         if tree.durable:
             fsutil.fsync_dir(directory)
     except FileNotFoundError:
+        # NOTE: when an earlier call pushed the draft and died before
+        # archiving, the archived parent gets no routed_to or
+        # successor_id; the successor still records its parent_id.
         pass
     hop = {"event": "archived_after_route", "at": format_time(utc_now())}
 
