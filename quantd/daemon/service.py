@@ -38,6 +38,9 @@ from quantd.tree import open_tree
 # Upper bound of one wait: how often the observer thread's health is
 # checked and, where there are no pidfds, how often holders are polled.
 TICK_S = 1.0
+# status.json is written at most once per this many times the duration of
+# the last write, so that counting a large tree stays a small share of work.
+STATUS_COST_FACTOR = 10.0
 # After a step failed, the whole tree is swept again this soon at the latest.
 FAILED_STEP_RETRY_S = 5.0
 # How often the cache of files found valid is saved, besides at shutdown.
@@ -73,6 +76,7 @@ class Daemon:
         self._next_reconcile = 0.0
         self._next_status = 0.0
         self._status_due: float | None = None
+        self._status_cost_s = 0.0
         self._last_watchdog = 0.0
         self._next_cache_save = 0.0
 
@@ -230,7 +234,8 @@ class Daemon:
         if self.journal.changed:
             self.journal.changed = False
             if self._status_due is None:
-                self._status_due = now + self.tree.config.daemon.status_debounce_s
+                debounce = self.tree.config.daemon.status_debounce_s
+                self._status_due = now + max(debounce, self._status_gap_s())
 
     def full_reconcile(self, now: float) -> dict[str, Any]:
         summary = self.reconciler.reconcile(now)
@@ -312,6 +317,7 @@ class Daemon:
     def write_status(self, now: float, state: str = "running") -> None:
         """Publish status.json and the one-line status for the service
         manager."""
+        started = time.monotonic()
         self._status_due = None
         self._next_status = now + self.tree.config.daemon.status_interval_s
         moment = datetime.fromtimestamp(now, UTC)
@@ -328,6 +334,15 @@ class Daemon:
         )
         status_file.write_status(self.tree, document)
         self.notifier.status(_summary(scan["queues"], self.journal.counters, state))
+        # Counting a large tree takes a while, so status.json is written
+        # less often than configured when it would otherwise use more than
+        # a tenth of the daemon's time.
+        self._status_cost_s = time.monotonic() - started
+        interval = max(self.tree.config.daemon.status_interval_s, self._status_gap_s())
+        self._next_status = now + interval
+
+    def _status_gap_s(self) -> float:
+        return STATUS_COST_FACTOR * self._status_cost_s
 
     def _daemon_section(self, state: str) -> dict[str, Any]:
         return {
@@ -335,6 +350,11 @@ class Daemon:
             "host": host_name(),
             "version": __version__,
             "state": state,
+            # Readers judge status.json stale by this interval, so it is the
+            # one actually used.
+            "status_interval_s": max(
+                self.tree.config.daemon.status_interval_s, self._status_gap_s()
+            ),
             "started_at": format_time(self._started_at),
             "last_reconcile_at": (
                 format_time(self._last_reconcile_at)
