@@ -30,6 +30,8 @@ _EVENTS_LOST = getattr(watchdog_events, "EventsLostEvent", None)
 _WATCH_LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE)
 POLLING_INTERVAL_S = 1.0
 _INOTIFY_LOGGER = "watchdog.observers.inotify"
+# Reads change nothing; the daemon's own reads would wake it again.
+_IGNORED_EVENTS = ("opened", "closed_no_write")
 
 
 @dataclass
@@ -128,6 +130,12 @@ class Watcher:
 
     def note(self, event: watchdog_events.FileSystemEvent) -> None:
         """Record one event; called in the observer thread."""
+        if event.event_type in _IGNORED_EVENTS:
+            return
+        if event.is_directory and event.event_type == "modified":
+            # Every change inside a directory comes with its own event, and
+            # looking at the whole directory again would list every item.
+            return
         with self._lock:
             batch = self._batch
             batch.events += 1
