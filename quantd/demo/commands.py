@@ -30,8 +30,9 @@ def add_demo(commands: Any) -> None:
         "output, using GOOG, EURUSD and BTCUSD prices bundled with the "
         "backtesting package. The summary accounts for every hypothesis; the "
         "exit status is 1 if one was lost or duplicated, 130 on Ctrl-C. The "
-        "converter-0 worker is a shell script that uses only the quantd "
-        "command; every other worker is a Python process.",
+        "first converter, converter-0, is a shell script that uses only the "
+        "quantd command, and so is a converter started in its place after a "
+        "kill; every other worker is a Python process.",
     )
     parser.add_argument(
         "--root",

@@ -94,9 +94,9 @@ def intro_lines(info: DemoInfo) -> list[str]:
             if info.bad_input
             else ""
         ),
-        f"  {info.workers_per_stage} worker(s) per stage; converter-0 is the "
-        "shell script converter.sh (quantd command only), the others are "
-        "Python processes",
+        f"  {info.workers_per_stage} worker(s) per stage; converter-0 (and "
+        "its replacements) is the shell script converter.sh, which uses only "
+        "the quantd command; the others are Python processes",
         f"  worker and daemon logs: {info.logs}",
     ]
     if info.chaos_interval_s is not None:
