@@ -539,8 +539,20 @@ def test_checked_cache_reloaded(small_tree: Tree, reconciler: Reconciler) -> Non
 def test_checked_cache_corrupt_ignored(
     small_tree: Tree, reconciler: Reconciler
 ) -> None:
-    (small_tree.internal / "checked.json").write_bytes(b'{"version": 1, "entr')
+    (small_tree.internal / "checked.json").write_bytes(b'{"checks": "0", "entr')
 
     assert reconciler.load_checked() == 0
     push(small_tree)
     assert reconciler.reconcile(time.time())["valid"] == 1
+
+
+def test_checked_cache_dropped_on_new_settings(
+    small_tree: Tree, reconciler: Reconciler
+) -> None:
+    push(small_tree)
+    reconciler.reconcile(time.time())
+    reconciler.save_checked()
+    changed = configure(small_tree.root, max_json_depth=2)
+    restarted = Reconciler(changed, reconciler._registry, Journal())
+
+    assert restarted.load_checked() == 0

@@ -17,6 +17,7 @@ them without sleeping.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import stat
@@ -54,6 +55,7 @@ COMMITTED_ROUTE_GRACE_S = 2.0
 # sets ctime on every change to a file, content or name, so an entry
 # matches only a file that did not change since it was checked.
 CHECKED_CACHE = "checked.json"
+CHECKED_CACHE_VERSION = 1
 # A lease is judged again this long after it would run out, so that the
 # re-check does not land a hair before the expiry.
 LEASE_RECHECK_MARGIN_S = 0.05
@@ -180,7 +182,8 @@ class Reconciler:
             return 0
         try:
             document = json.loads(data)
-            entries = document["entries"] if document["version"] == 1 else {}
+            current = document["checks"] == self._checks_fingerprint()
+            entries = document["entries"] if current else {}
             self._valid = {
                 str(path): (int(a), int(b), int(c), int(d))
                 for path, (a, b, c, d) in entries.items()
@@ -193,10 +196,24 @@ class Reconciler:
     def save_checked(self) -> None:
         """Save the files found valid, so that a restart need not read
         them again."""
-        document = {"version": 1, "entries": self._valid}
+        document = {"checks": self._checks_fingerprint(), "entries": self._valid}
         data = json.dumps(document, separators=(",", ":")).encode()
         target = self.tree.internal / CHECKED_CACHE
         fsutil.replace_file(self.tree.tmp, target, data, durable=False)
+
+    def _checks_fingerprint(self) -> str:
+        """Return a hash of the settings that decide whether a file is
+        valid: a cache saved under other settings is not used."""
+        config = self.tree.config
+        settings = config.daemon
+        checks = [
+            CHECKED_CACHE_VERSION,
+            settings.max_item_bytes,
+            settings.max_json_depth,
+            sorted(config.targets().items()),
+            sorted((s.name, s.produces, s.workers) for s in config.stages.values()),
+        ]
+        return hashlib.sha256(repr(checks).encode()).hexdigest()
 
     def take_due(self, now: float) -> list[str]:
         """Return the paths whose re-check is due, and forget them."""
