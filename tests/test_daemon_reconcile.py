@@ -556,3 +556,19 @@ def test_checked_cache_dropped_on_new_settings(
     restarted = Reconciler(changed, reconciler._registry, Journal())
 
     assert restarted.load_checked() == 0
+
+
+def test_foreign_orphan_draft_removed_after_lease(
+    small_tree: Tree, reconciler: Reconciler
+) -> None:
+    holder_dir = small_tree.claims_dir("to-convert") / "4242-1-0123456789ab"
+    holder_dir.mkdir(parents=True)
+    draft = holder_dir / f"0-20260101T000000000000~x2{DRAFT_SUFFIX}"
+    draft.write_text("{}")
+    now = time.time()
+
+    reconciler.reconcile(now)
+    assert draft.exists()
+
+    reconciler.reconcile(now + 31)
+    assert not draft.exists()

@@ -406,8 +406,29 @@ class Reconciler:
             else:
                 held += 1
         self._finish_old_routes(queue, holder_dir, names, now)
+        self._remove_stale_drafts(queue, holder_dir, now)
         liveness = Liveness(Verdict.UNKNOWN, why)
         self._note_holder(holder, key, str(holder_dir), queue, liveness, held)
+
+    def _remove_stale_drafts(self, queue: str, holder_dir: Path, now: float) -> None:
+        """Remove drafts whose claim is gone and whose lease ran out.
+
+        A draft without its claim can never be committed: a holder that
+        still runs gets ClaimLost at the commit and removes the draft
+        itself, so only a dead holder's drafts are left.
+        """
+        names = set(os.listdir(holder_dir))
+        for name in names:
+            stem = name.removesuffix(DRAFT_SUFFIX)
+            if stem == name or {stem + ".json", stem + COMMITTED_SUFFIX} & names:
+                continue
+            draft = holder_dir / name
+            renewed = last_heartbeat(draft)
+            if renewed is None or now - renewed <= self.tree.config.daemon.lease_s:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                draft.unlink()
+            self._journal.log("draft_removed", path=str(draft), queue=queue)
 
     def _judge_lease(self, path: Path, now: float, why: str) -> Liveness:
         """Judge a claim by its lease; schedule a re-check for when a lease
@@ -455,7 +476,8 @@ class Reconciler:
             self._journal.log(
                 "holder_dir_kept", "warning", path=str(holder_dir), error=error.strerror
             )
-        self._registry.forget(key) if key else None
+        if key is not None:
+            self._registry.forget(key)
 
     def _recover(
         self,
