@@ -27,7 +27,8 @@ _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 @dataclass(frozen=True)
 class Rejection:
-    """Why an entry is not a valid item, with fields for ``reason.json``."""
+    """The reason an entry is not a valid item, with fields for
+    ``reason.json``."""
 
     reason: Reason
     detail: str

@@ -1,4 +1,5 @@
-"""What the daemon did: counters, the recent events and their log lines.
+"""The daemon's record of its actions: counters, recent events and log
+lines.
 
 Every outcome goes through :meth:`Journal.record`, which logs it, keeps it
 among the last events for the status file, and rate-limits repeats of the
@@ -17,7 +18,7 @@ from quantd.items import format_time, utc_now
 
 MAX_EVENTS = 50
 # The same event on the same path is logged at most once per this many
-# seconds; the repeats are counted and reported with the next line.
+# seconds. Repeats in between are counted and reported with the next line.
 REPEAT_INTERVAL_S = 60.0
 _EVENT_FIELDS = ("item_id", "queue", "worker", "pid", "reason")
 
