@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 if not __package__:
     # Run as a script: make the repository root importable.
@@ -58,8 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scratch",
         type=Path,
-        help="directory for the queues under test (default: a new temporary "
-        "directory, removed afterwards); its file system is what is measured",
+        metavar="DIR",
+        help="parent directory of the queues under test, whose file system is "
+        "the one measured (default: the system's temporary directory); the "
+        "run's own subdirectory is removed afterwards",
     )
     return parser.parse_args(argv)
 
@@ -67,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the selected groups; return 1 if any correctness check failed."""
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so that every worker process and daemon
+    # started so far is killed and the scratch directory removed.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     sizes = QUICK if args.quick else FULL
     scratch = Path(tempfile.mkdtemp(prefix="quantd-bench-", dir=args.scratch))
     results = Results()
@@ -87,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(results.to_json(), indent=2, sort_keys=True) + "\n"
         )
     return 1 if results.failures else 0
+
+
+def _exit_on_signal(number: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + number)
 
 
 if __name__ == "__main__":

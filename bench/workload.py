@@ -55,11 +55,11 @@ FULL = Sizes(
     depths=(1_000, 10_000, 100_000),
     depth_claims=500,
     baseline_depth_claims=100,
-    handoffs=100,
+    handoffs=50,
     idle_handoffs=10,
     idle_cpu_s=3.0,
     recovery_victims=15,
-    status_samples=15,
+    status_samples=10,
     daemon_tree_items=100_000,
     daemon_idle_s=35.0,
 )
