@@ -181,7 +181,7 @@ def check(tree: Tree, run: str, ledger_ids: set[str], dropped: list[Dropped]) ->
     for found in unique.values():
         _check_history(report, found, unique, tree)
     _check_bad_files(report, scan, dropped, tree)
-    _count(report, scan, unique, tree.config.daemon.max_attempts)
+    _count(report, scan, unique, tree)
     return report
 
 
@@ -443,10 +443,9 @@ def _check_bad_files(
             # quarantine() writes the reason first: a process killed
             # before the move leaves a reason with no item.
             report.counts["quarantine_entries_without_item"] += 1
-            report.warnings.append(
-                f"quarantine entry {entry} has a reason and no item: "
-                f"{reason.get('original_path')}"
-            )
+            origin = reason.get("original_path")
+            what = f"a reason for {origin}" if origin else "no reason"
+            report.warnings.append(f"quarantine entry {entry} holds {what} and no item")
             continue
         by_name[str(reason.get("original_name_hex"))].append((entry, reason))
     expected = {d.name_hex for d in dropped}
@@ -540,9 +539,8 @@ def _find_name(tree: Tree, name: bytes) -> str:
     return ", ".join(found) or "nowhere"
 
 
-def _count(
-    report: Report, scan: Scan, unique: dict[str, Found], max_attempts: int
-) -> None:
+def _count(report: Report, scan: Scan, unique: dict[str, Found], tree: Tree) -> None:
+    max_attempts = tree.config.daemon.max_attempts
     counts = report.counts
     roots = [f for f in unique.values() if f.doc.get("parent_id") is None]
     counts["items"] = len(roots)
@@ -569,5 +567,6 @@ def _count(
         and f.doc.get("status") in ("pending", "in_progress")
     )
     counts["quarantine_entries"] = len(scan.quarantine)
+    counts["temp_files_left"] = len(_listdir(tree.tmp))
     counts["lost"] = sum(1 for v in report.violations if v.kind == "lost")
     counts["duplicated"] = sum(1 for v in report.violations if v.kind == "duplicated")

@@ -67,6 +67,18 @@ CHAOS_FIRST_AT_S = {
     "bad_file": 1.0,
     "burst": 8.0,
 }
+# Daemon log events the soak counts; item_dead_lettered is logged as an
+# error by design.
+DAEMON_EVENTS = (
+    "claim_recovered",
+    "item_dead_lettered",
+    "item_quarantined",
+    "route_finished",
+    "events_maybe_lost",
+    "draft_removed",
+    "handler_failed",
+)
+EXPECTED_ERRORS = ("item_dead_lettered",)
 WORKER_FAULT_PROBABILITY = 0.4
 DAEMON_FAULT_PROBABILITY = 0.5
 BUG_FAULT_PROBABILITY = 0.8
@@ -166,6 +178,7 @@ class Soak:
             self._kill_all()
         self.counts["duration_s"] = round(time.monotonic() - self.started)
         report = check(self.tree, self.run_id, self._ledger_ids(), self.dropped)
+        self._read_logs(report)
         report.violations[:0] = self.violations
         report.counts.update(self._driver_counts())
         report.counts["lost"] = sum(1 for v in report.violations if v.kind == "lost")
@@ -640,6 +653,31 @@ class Soak:
             flush=True,
         )
 
+    def _read_logs(self, report: Report) -> None:
+        """Count what the daemons logged, and find claims that live
+        workers lost: only a dead holder's claim may be taken."""
+        for line in _read_lines(self.logs / "daemon.log"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            event = str(record.get("event"))
+            if event in DAEMON_EVENTS:
+                self.counts[f"daemon_log:{event}"] += 1
+            if record.get("level") == "error" and event not in EXPECTED_ERRORS:
+                self.counts["daemon_errors"] += 1
+                report.warnings.append(f"daemon logged an error: {line.strip()}")
+        for path in sorted(self.logs.glob("*.events")):
+            for line in _read_lines(path):
+                if '"claim_lost"' not in line:
+                    continue
+                record = json.loads(line)
+                self._violate(
+                    "claim_lost",
+                    [str(record.get("item_id"))],
+                    f"a live worker lost its claim: {record.get('error')}",
+                )
+
     def _violate(self, kind: str, ids: list[str], detail: str) -> None:
         self.violations.append(Violation(kind, tuple(ids), detail))
 
@@ -680,6 +718,13 @@ def check_saved_run(root: Path) -> tuple[Report, int]:
     tree = open_tree(root / "tree")
     report = check(tree, run["run_id"], read_ledger_ids(state / "ledgers"), dropped)
     return report, int(run["seed"])
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
 
 
 def _listdir(directory: Path) -> list[str]:
