@@ -613,15 +613,21 @@ def archive(
     doc: dict[str, Any] | None,
     update: Callable[[dict[str, Any]], None],
 ) -> Path:
-    """Move a claimed file into an archive, then record its outcome.
+    """Record a claim's outcome with ``update``, then move it into an
+    archive.
 
     The move is the commit: if ``source`` is gone, the claim was lost and
-    ClaimLost is raised. The archived file is then rewritten with
-    ``update`` applied; a crash in between leaves the original document in
-    the archive, which loses nothing.
+    ClaimLost is raised. The outcome is swapped into ``source`` first, in
+    one atomic exchange that also fails if the claim is gone, so the
+    archive never holds a document without its outcome. A claim that dies
+    between the exchange and the move is recovered with the outcome's hop
+    in its history, and is not archived. Where the exchange is not
+    supported, the archived file is rewritten after the move instead, and
+    a crash in between leaves the original document in the archive.
     """
     directory = tree.archive_dir(archive_name)
     item_id = _archive_id(source, doc)
+    recorded = _record_outcome(tree, source, archive_name, doc, update)
     target = directory / f"{item_id}.json"
     while True:
         try:
@@ -630,14 +636,13 @@ def archive(
         except FileExistsError:
             target = directory / f"{item_id}.{secrets.token_hex(4)}.json"
         except FileNotFoundError:
-            raise ClaimLost(
-                f"claim {source} is gone: it was recovered as stale or "
-                "finished by another process; do not repeat its side effects"
-            ) from None
+            raise _gone(source) from None
     faults.point(f"{archive_name}.after_rename")
     if tree.durable:
         fsutil.fsync_dir(source.parent)
         fsutil.fsync_dir(directory)
+    if recorded:
+        return target
     if doc is None:
         try:
             doc = json.loads(target.read_bytes())
@@ -647,6 +652,46 @@ def archive(
     update(updated)
     fsutil.replace_file(tree.tmp, target, _encode(updated), durable=tree.durable)
     return target
+
+
+def _record_outcome(
+    tree: Tree,
+    source: Path,
+    archive_name: str,
+    doc: dict[str, Any] | None,
+    update: Callable[[dict[str, Any]], None],
+) -> bool:
+    """Swap the updated document into ``source``; return whether it was.
+
+    A write that fails (a full disk, say) raises before anything changed,
+    so the claim is still held and the caller can retry.
+    """
+    if doc is None:
+        try:
+            doc = json.loads(source.read_bytes())
+        except FileNotFoundError:
+            raise _gone(source) from None
+        except (OSError, ValueError):
+            return False
+    updated = dict(doc)
+    update(updated)
+    temp = fsutil.write_temp(tree.tmp, _encode(updated), durable=tree.durable)
+    try:
+        swapped = fsutil.exchange(temp, source)
+    except FileNotFoundError:
+        raise _gone(source) from None
+    finally:
+        _unlink_quietly(temp)
+    if swapped:
+        faults.point(f"{archive_name}.after_record")
+    return swapped
+
+
+def _gone(source: Path) -> ClaimLost:
+    return ClaimLost(
+        f"claim {source} is gone: it was recovered as stale or "
+        "finished by another process; do not repeat its side effects"
+    )
 
 
 def _archive_id(source: Path, doc: Mapping[str, Any] | None) -> str:

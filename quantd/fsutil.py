@@ -19,6 +19,7 @@ from typing import Any
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 
 
 def _load_renameat2() -> Any:
@@ -69,6 +70,31 @@ def rename_noreplace(source: Path, target: Path) -> None:
             raise OSError(code, os.strerror(code), str(source), None, str(target))
     os.link(source, target)
     os.unlink(source)
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths atomically; return False where the system
+    or file system cannot.
+
+    One ``renameat2(RENAME_EXCHANGE)`` call on Linux 3.15 and later.
+    Raises FileNotFoundError, and changes nothing, if either path is
+    missing.
+    """
+    if _renameat2 is None:
+        return False
+    result = _renameat2(
+        _AT_FDCWD,
+        os.fsencode(first),
+        _AT_FDCWD,
+        os.fsencode(second),
+        _RENAME_EXCHANGE,
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS):
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
 
 
 def fsync_dir(directory: Path) -> None:

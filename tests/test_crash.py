@@ -70,8 +70,6 @@ print("finished", flush=True)
 
 PUSH_STEPS = ["push.after_write", "push.after_rename"]
 CLAIM_STEPS = ["claim.after_rename"]
-COMPLETE_STEPS = ["completed.after_rename"]
-FAIL_STEPS = ["failed.after_rename"]
 ROUTE_STEPS = ["route.after_draft", "route.after_commit", "route.after_push"]
 RECOVER_STEPS = ["recover.after_take", "recover.after_record"]
 
@@ -231,10 +229,39 @@ def test_finish_killed(
     where, path = only_place(tree, item_id)
     assert where == f"archived:{archive}"
     assert path.name == f"{item_id}.json"
-    assert json.loads(path.read_bytes())["payload"] == {"n": 0}
+    doc = json.loads(path.read_bytes())
+    assert doc["payload"] == {"n": 0}
+    assert doc["status"] == ("completed" if operation == "complete" else "failed")
+    assert doc["history"][-1]["event"] == doc["status"]
+    if operation == "fail":
+        assert doc["last_error"] == "boom"
     sweep(tree)
     assert only_place(tree, item_id)[0] == f"archived:{archive}"
     assert Worker(tree, "backtester-9").claim() is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("step", "operation"),
+    [("completed.after_record", "complete"), ("failed.after_record", "fail")],
+)
+def test_finish_killed_before_commit(
+    tree: Tree, processes: ProcessGroup, step: str, operation: str
+) -> None:
+    """Killed after the outcome was swapped into the claim but before the
+    claim moved: nothing is archived, and recovery returns the item."""
+    item_id = seed(tree)
+    run_killed(processes, WORKER, step, tree.root, operation)
+    where, _ = only_place(tree, item_id)
+    assert where == "claimed:hypotheses"
+    assert os.listdir(tree.tmp) == []
+    sweep(tree)
+    where, path = only_place(tree, item_id)
+    assert where == "pending:hypotheses"
+    assert json.loads(path.read_bytes())["status"] == "pending"
+    item = Worker(tree, "backtester-9").claim()
+    assert item is not None
+    assert item.attempts == 1
 
 
 # -- route ---------------------------------------------------------------

@@ -216,11 +216,6 @@ def test_complete_on_full_disk_archives_whole_item(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="complete renames the claim into completed/ first and raises "
-    "ENOSPC afterwards, while rewriting the archive with its outcome",
-)
 def test_complete_on_full_disk_reports_outcome(
     small_tree: Tree, filler: Filler
 ) -> None:
