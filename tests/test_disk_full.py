@@ -70,7 +70,7 @@ def small_tree(small_fs: Path) -> Tree:
 
 
 class Filler:
-    """Takes every free block of a file system, and gives them back."""
+    """A file that takes every free block of a file system until freed."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "filler"
@@ -157,10 +157,6 @@ def test_push_on_full_disk_leaves_nothing(small_tree: Tree, filler: Filler) -> N
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="the protocol lets OSError ENOSPC out as it is, not as a QuantdError",
-)
 def test_push_on_full_disk_raises_quantd_error(
     small_tree: Tree, filler: Filler
 ) -> None:

@@ -32,7 +32,7 @@ RUN = "soak-test"
 # A SIGKILL between a fail's rename into failed/ and the rewrite that adds
 # last_error leaves the archive without its reason.
 # A worker that claims an item nested deeper than daemon.max_json_depth
-# before the daemon's sweep sees it processes it instead of quarantining
+# before the daemon's sweep reaches it processes it instead of quarantining
 # it.
 KNOWN_GAPS = ("reason_lost", "not_quarantined:deep_item")
 
@@ -139,7 +139,7 @@ def seq_with_path(length: int, terminal: str) -> int:
 
 
 def run_lineage(tree_root: Path, seq: int) -> list[str]:
-    """Push item ``seq`` and take it through every stage as the plan says."""
+    """Push item ``seq`` and take it through every stage as the plan decides."""
     ids = []
     with Worker(open_tree_at(tree_root), "researcher-t") as researcher:
         ids.append(push_root(researcher, seq))

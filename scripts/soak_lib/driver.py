@@ -42,7 +42,7 @@ WORKER_FAULT_STEPS = (
 RESEARCHER_FAULT_STEPS = ("push.after_write", "push.after_rename")
 DAEMON_FAULT_STEPS = ("recover.after_take", "recover.after_record")
 # Daemon settings of the soak tree: short enough that a run of a minute
-# sees many recoveries, dead letters and expired leases.
+# has many recoveries, dead letters and expired leases.
 SOAK_DAEMON_SETTINGS: dict[str, Any] = {
     "reconcile_interval_s": 1.0,
     "lease_s": 3.0,
@@ -94,7 +94,7 @@ INOTIFY_LIMIT_PATH = Path("/proc/sys/fs/inotify/max_queued_events")
 
 @dataclass
 class Options:
-    """What one soak run does; see ``scripts/soak --help``."""
+    """Settings of one soak run; see ``scripts/soak --help``."""
 
     items: int | None
     minutes: float | None
@@ -488,8 +488,8 @@ class Soak:
             self._kill_daemon("daemon_kills_startup_sweep")
 
     def _daemon_started(self) -> bool:
-        """Whether the current daemon logged its start, which comes just
-        before its first sweep of the tree."""
+        """Return whether the current daemon logged its start, which comes
+        just before its first sweep of the tree."""
         assert self.daemon is not None and self.kill_daemon_log_offset is not None
         with open(self.daemon.stderr_path, "rb") as log:
             log.seek(self.kill_daemon_log_offset)
@@ -514,7 +514,7 @@ class Soak:
         proc = self.rng.choice(candidates)
         proc.stop()
         # The claims are listed once the process is frozen: a worker that
-        # committed a route just before the stop no longer holds the claim.
+        # committed a route just before the stop no longer has the claim.
         claims = self._claims_of(proc.pid) if _wait_stopped(proc.pid) else []
         if not claims:
             proc.resume()

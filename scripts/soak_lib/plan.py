@@ -1,4 +1,4 @@
-"""What the light workers do with each soak item, decided by its sequence
+"""The light workers' decision for each soak item, made from its sequence
 number alone, so the checker can tell where every lineage must end."""
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ POISON_EVERY = 151
 
 @dataclass(frozen=True)
 class Decision:
-    """What a stage does with an item: ``route`` to ``target``,
-    ``complete`` or ``fail``."""
+    """A stage's action on an item: ``route`` to ``target``, ``complete``,
+    ``fail`` or ``poison``."""
 
     action: str
     target: str | None = None

@@ -78,7 +78,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--items", type=int, help="push sequence numbers below this")
     parser.add_argument("--until", type=float, help="stop pushing at this epoch time")
     parser.add_argument(
-        "--backlog", type=int, default=40, help="pause while a queue holds this many"
+        "--backlog",
+        type=int,
+        default=40,
+        help="pause pushing while the target queue contains this many entries",
     )
     return parser.parse_args(argv)
 
