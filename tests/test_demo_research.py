@@ -7,6 +7,7 @@ import re
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,6 +17,7 @@ from quantd.demo.research import (
     PROP_DAILY_LOSS_LIMIT_FRACTION,
     PROP_MAX_DRAWDOWN_FRACTION,
     PROP_MIN_TRADING_DAYS,
+    PROP_POSITION_FRACTIONS,
     PROP_PROFIT_TARGET_FRACTION,
     backtest_spec,
     convert_hypothesis,
@@ -24,6 +26,7 @@ from quantd.demo.research import (
     optimize_strategy,
     prop_firm_check,
     propose_hypotheses,
+    size_for_prop_firm,
 )
 from quantd.demo.specs import MAX_GRID_COMBINATIONS, expand_grid
 from quantd.demo.strategies import (
@@ -65,6 +68,29 @@ def passing_metrics() -> dict[str, Any]:
         "daily_loss_observable": True,
         "sharpe_ratio": 2.0,
     }
+
+
+def prop_firm_at_full_size(metrics: dict[str, Any]) -> dict[str, Any]:
+    passed, failures = prop_firm_check(metrics)
+    return {
+        "passed": passed,
+        "position_fraction": 1.0 if passed else None,
+        "reasons": failures,
+        "metrics": metrics,
+    }
+
+
+def daily_curve(growth: list[float]) -> pd.Series:
+    """Return daily closes from 100.0 that grow by each factor in turn."""
+    index = pd.date_range("2024-01-01", periods=len(growth) + 1, freq="D")
+    closes = 100.0 * np.concatenate(([1.0], np.cumprod(growth)))
+    return pd.Series(closes, index=index)
+
+
+def long_except_every_fourth_bar(close: pd.Series) -> pd.Series:
+    """Hold long but go flat every fourth bar, so every few days has a trade."""
+    values = [0.0 if bar % 4 == 0 else 1.0 for bar in range(len(close))]
+    return pd.Series(values, index=close.index)
 
 
 def iter_numbers(value: Any) -> list[float]:
@@ -435,9 +461,17 @@ def test_prop_firm_check_missing_metric_raises() -> None:
         prop_firm_check(metrics)
 
 
+def test_judge_prop_firm_ready_names_size() -> None:
+    metrics = {**passing_metrics(), "max_drawdown": 0.3}
+    prop_firm = {**prop_firm_at_full_size(passing_metrics()), "position_fraction": 0.5}
+    verdict, reasons = judge_out_of_sample(metrics, prop_firm)
+    assert verdict == "prop_firm_ready"
+    assert reasons == ["passes every prop-firm rule out of sample at 50% position size"]
+
+
 def test_judge_good_despite_prop_failure() -> None:
     metrics = {**passing_metrics(), "max_drawdown": 0.3, "total_return": 0.2}
-    verdict, reasons = judge_out_of_sample(metrics)
+    verdict, reasons = judge_out_of_sample(metrics, prop_firm_at_full_size(metrics))
     assert verdict == "good"
     assert any("drawdown" in reason for reason in reasons)
 
@@ -448,16 +482,121 @@ def test_judge_rejected_when_sharpe_low() -> None:
         "max_drawdown": 0.3,
         "sharpe_ratio": GOOD_MIN_SHARPE_RATIO,
     }
-    verdict, reasons = judge_out_of_sample(metrics)
+    verdict, reasons = judge_out_of_sample(metrics, prop_firm_at_full_size(metrics))
     assert verdict == "rejected"
     assert any("Sharpe" in reason for reason in reasons)
 
 
 def test_judge_rejected_when_return_negative() -> None:
     metrics = {**passing_metrics(), "total_return": -0.01, "max_drawdown": 0.3}
-    verdict, reasons = judge_out_of_sample(metrics)
+    verdict, reasons = judge_out_of_sample(metrics, prop_firm_at_full_size(metrics))
     assert verdict == "rejected"
     assert any("not positive" in reason for reason in reasons)
+
+
+# Position sizing for the prop-firm rules
+
+
+def test_sizing_shrinks_position_to_drawdown_limit() -> None:
+    # Up 1% a day for 30 days, down 1.5% a day for 14, then up 1.5% a day for 35.
+    close = daily_curve([1.01] * 30 + [0.985] * 14 + [1.015] * 35)
+    positions = long_except_every_fourth_bar(close)
+    full = backtest_positions(close, positions, 0.001, 365.0)
+    assert full["max_drawdown"] > PROP_MAX_DRAWDOWN_FRACTION
+
+    sizing = size_for_prop_firm(close, positions, 0.001, 365.0)
+    fraction = sizing["position_fraction"]
+    assert fraction in PROP_POSITION_FRACTIONS
+    assert fraction < 1.0
+    assert sizing["metrics"]["max_drawdown"] <= PROP_MAX_DRAWDOWN_FRACTION
+    assert sizing["metrics"]["total_return"] >= PROP_PROFIT_TARGET_FRACTION
+    assert sizing["passed"] is True
+    assert sizing["reasons"] == []
+    assert_json_ready(sizing)
+
+    larger = [f for f in PROP_POSITION_FRACTIONS if f > fraction]
+    for size in larger:
+        scaled = backtest_positions(close, positions * size, 0.001, 365.0)
+        assert scaled["max_drawdown"] > PROP_MAX_DRAWDOWN_FRACTION
+
+
+def test_sizing_scales_returns_and_costs() -> None:
+    close = daily_curve([1.01] * 30 + [0.985] * 14 + [1.015] * 35)
+    positions = long_except_every_fourth_bar(close)
+    cost = 0.001
+    sizing = size_for_prop_firm(close, positions, cost, 365.0)
+    fraction = sizing["position_fraction"]
+
+    held = positions.to_numpy()
+    turnover = np.abs(np.diff(held, prepend=0.0))
+    bar_returns = close.pct_change().fillna(0.0).to_numpy()
+    full_returns = held * bar_returns - cost * turnover
+    equity = np.cumprod(1.0 + fraction * full_returns)
+    drawdown = np.max(1.0 - equity / np.maximum.accumulate(equity))
+    assert sizing["metrics"]["total_return"] == pytest.approx(equity[-1] - 1.0)
+    assert sizing["metrics"]["max_drawdown"] == pytest.approx(drawdown)
+
+
+def test_sizing_shrinks_position_to_daily_loss_limit() -> None:
+    # One 12% fall in a rising series breaks only the daily loss limit at full size.
+    close = daily_curve([1.01] * 40 + [0.88] + [1.01] * 40)
+    positions = long_except_every_fourth_bar(close)
+    full = backtest_positions(close, positions, 0.0, 365.0)
+    assert full["worst_daily_loss"] > PROP_DAILY_LOSS_LIMIT_FRACTION
+
+    sizing = size_for_prop_firm(close, positions, 0.0, 365.0)
+    assert sizing["position_fraction"] < 1.0
+    assert sizing["metrics"]["worst_daily_loss"] <= PROP_DAILY_LOSS_LIMIT_FRACTION
+    assert sizing["metrics"]["max_drawdown"] <= PROP_MAX_DRAWDOWN_FRACTION
+
+
+def test_sizing_fails_unreachable_profit_target() -> None:
+    # Up 0.08% a day: no drawdown, but under 8% in 80 days even at full size.
+    close = daily_curve([1.0008] * 79)
+    positions = long_except_every_fourth_bar(close)
+    sizing = size_for_prop_firm(close, positions, 0.0001, 365.0)
+    assert sizing["passed"] is False
+    assert sizing["position_fraction"] == max(PROP_POSITION_FRACTIONS)
+    assert sizing["metrics"]["total_return"] < PROP_PROFIT_TARGET_FRACTION
+    assert len(sizing["reasons"]) == 1
+    assert "8% profit target" in sizing["reasons"][0]
+    assert "100% position size" in sizing["reasons"][0]
+
+
+def test_sizing_fails_when_no_size_fits() -> None:
+    # Down 10% a day for 10 days: a 65% drawdown at full size and 22% at 25%.
+    close = daily_curve([1.01] * 20 + [0.9] * 10 + [1.01] * 20)
+    positions = long_except_every_fourth_bar(close)
+    sizing = size_for_prop_firm(close, positions, 0.0, 365.0)
+    assert sizing["passed"] is False
+    assert sizing["position_fraction"] is None
+    assert sizing["metrics"]["max_drawdown"] > PROP_MAX_DRAWDOWN_FRACTION
+    assert "no position size" in sizing["reasons"][0]
+    assert any("25% position size" in reason for reason in sizing["reasons"][1:])
+
+
+def test_sizing_fails_monthly_bars() -> None:
+    prices = load_market("BTCUSD")
+    positions = pd.Series(1.0, index=prices.index)
+    bars_per_year = estimate_bars_per_year(prices.index)
+    sizing = size_for_prop_firm(prices["Close"], positions, 0.002, bars_per_year)
+    assert sizing["passed"] is False
+    assert sizing["position_fraction"] is None
+    assert any("longer than a day" in reason for reason in sizing["reasons"])
+
+
+def test_optimize_sizes_goog_breakout_to_pass() -> None:
+    hypothesis = {
+        "family": "breakout",
+        "markets": ["GOOG"],
+        "parameter_ranges": {"entry_lookback": [17, 42], "exit_lookback": [7, 17]},
+    }
+    outcome = optimize_strategy(hypothesis)["markets"]["GOOG"]
+    assert outcome["out_of_sample"]["max_drawdown"] > PROP_MAX_DRAWDOWN_FRACTION
+    assert outcome["verdict"] == "prop_firm_ready"
+    assert outcome["prop_firm"]["passed"] is True
+    assert outcome["prop_firm"]["position_fraction"] < 1.0
+    assert prop_firm_check(outcome["prop_firm"]["metrics"]) == (True, [])
 
 
 # Optimisation
@@ -531,8 +670,9 @@ def test_optimize_verdict_follows_rules(
     _, optimization, _ = optimized
     for outcome in optimization["markets"].values():
         out_of_sample = outcome["out_of_sample"]
-        passed, _ = prop_firm_check(out_of_sample)
+        passed = outcome["prop_firm"]["passed"]
         if passed:
+            assert prop_firm_check(outcome["prop_firm"]["metrics"]) == (True, [])
             expected = "prop_firm_ready"
         elif (
             out_of_sample["sharpe_ratio"] > GOOD_MIN_SHARPE_RATIO

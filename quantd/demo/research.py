@@ -38,6 +38,7 @@ __all__ = [
     "optimize_strategy",
     "prop_firm_check",
     "propose_hypotheses",
+    "size_for_prop_firm",
 ]
 
 RESEARCH_FAMILIES: tuple[str, ...] = ("sma_crossover", "rsi_reversion", "breakout")
@@ -55,6 +56,10 @@ PROP_DAILY_LOSS_LIMIT_FRACTION = 0.05
 PROP_PROFIT_TARGET_FRACTION = 0.08
 # Minimum number of days with at least one position change.
 PROP_MIN_TRADING_DAYS = 10
+# Position sizes the prop-firm check tries, as fractions of equity, largest first.
+# The account trades at the largest one that keeps the max drawdown and the daily
+# loss within their limits, as a prop-firm trader sizes positions to the limits.
+PROP_POSITION_FRACTIONS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.35, 0.25)
 # Minimum annualised out-of-sample Sharpe ratio for the verdict "good".
 GOOD_MIN_SHARPE_RATIO = 0.5
 VERDICT_RANK: dict[str, int] = {"rejected": 0, "good": 1, "prop_firm_ready": 2}
@@ -106,6 +111,8 @@ def optimize_strategy(payload: Mapping[str, Any]) -> Payload:
 
     Accepts a backtest result, a strategy spec or a hypothesis. The first
     `train_fraction` of each market's bars is in-sample and the rest out of sample.
+    Each market's `prop_firm` entry gives the position size at which its
+    out-of-sample period meets the prop-firm risk limits (see `size_for_prop_firm`).
     The overall verdict and `best_params` come from the market with the best verdict,
     with ties broken by out-of-sample Sharpe ratio.
     """
@@ -150,12 +157,70 @@ def prop_firm_check(metrics: Mapping[str, Any]) -> tuple[bool, list[str]]:
     return not failures, failures
 
 
-def judge_out_of_sample(metrics: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """Return the verdict for out-of-sample metrics and the reasons behind it."""
-    passed, prop_failures = prop_firm_check(metrics)
-    if passed:
-        return "prop_firm_ready", ["passes every prop-firm rule out of sample"]
-    reasons = [f"prop-firm rule failed: {failure}" for failure in prop_failures]
+def size_for_prop_firm(
+    close: pd.Series,
+    positions: pd.Series,
+    cost_per_side: float,
+    bars_per_year: float,
+) -> Payload:
+    """Size positions to the prop-firm risk limits, then check every rule at that size.
+
+    Tries each fraction of PROP_POSITION_FRACTIONS, largest first, by backtesting
+    `positions` times the fraction, which recomputes equity, drawdown and daily loss
+    from the scaled returns and costs. The first fraction whose max drawdown and
+    worst daily loss are within the limits is `position_fraction`, and the profit
+    target and trading days are checked there. When no fraction is within the
+    limits, `position_fraction` is None and `metrics` are those at the smallest.
+    Returns `passed`, `position_fraction`, `reasons` (one per failed rule) and
+    `metrics`.
+    """
+    # NOTE: the largest size within the limits usually earns the most, but a
+    # volatile curve can earn more at a smaller size, which is not tried.
+    metrics: Payload = {}
+    for fraction in PROP_POSITION_FRACTIONS:
+        metrics = backtest_positions(
+            close, positions * fraction, cost_per_side, bars_per_year
+        )
+        if _within_risk_limits(metrics):
+            _, failures = prop_firm_check(metrics)
+            at_size = f"at {fraction:.0%} position size, the largest within the limits"
+            return {
+                "passed": not failures,
+                "position_fraction": fraction,
+                "reasons": [f"{at_size}: {failure}" for failure in failures],
+                "metrics": metrics,
+            }
+
+    smallest = PROP_POSITION_FRACTIONS[-1]
+    _, failures = prop_firm_check(metrics)
+    sizes = ", ".join(f"{fraction:.0%}" for fraction in PROP_POSITION_FRACTIONS)
+    no_size = (
+        f"no position size of {sizes} keeps the max drawdown within "
+        f"{PROP_MAX_DRAWDOWN_FRACTION:.0%} and the daily loss within "
+        f"{PROP_DAILY_LOSS_LIMIT_FRACTION:.0%}"
+    )
+    return {
+        "passed": False,
+        "position_fraction": None,
+        "reasons": [no_size]
+        + [f"at {smallest:.0%} position size: {failure}" for failure in failures],
+        "metrics": metrics,
+    }
+
+
+def judge_out_of_sample(
+    metrics: Mapping[str, Any], prop_firm: Mapping[str, Any]
+) -> tuple[str, list[str]]:
+    """Return the verdict and its reasons for full-size out-of-sample metrics.
+
+    `prop_firm` is the result of `size_for_prop_firm` on the same period.
+    """
+    if prop_firm["passed"]:
+        fraction = prop_firm["position_fraction"]
+        return "prop_firm_ready", [
+            f"passes every prop-firm rule out of sample at {fraction:.0%} position size"
+        ]
+    reasons = [f"prop-firm rule failed: {reason}" for reason in prop_firm["reasons"]]
     shortfalls = []
     if metrics["sharpe_ratio"] <= GOOD_MIN_SHARPE_RATIO:
         shortfalls.append(
@@ -312,14 +377,16 @@ def _optimize_market(
     assert best is not None  # expand_grid never returns an empty list
     _, parameters, positions, in_sample = best
 
-    out_of_sample = backtest_positions(
-        prices["Close"].iloc[split:], positions.iloc[split:], cost, bars_per_year
-    )
-    verdict, reasons = judge_out_of_sample(out_of_sample)
+    test_close = prices["Close"].iloc[split:]
+    test_positions = positions.iloc[split:]
+    out_of_sample = backtest_positions(test_close, test_positions, cost, bars_per_year)
+    prop_firm = size_for_prop_firm(test_close, test_positions, cost, bars_per_year)
+    verdict, reasons = judge_out_of_sample(out_of_sample, prop_firm)
     return {
         "best_params": dict(parameters),
         "in_sample": in_sample,
         "out_of_sample": out_of_sample,
+        "prop_firm": prop_firm,
         "verdict": verdict,
         "reasons": reasons,
     }
@@ -352,6 +419,14 @@ def _prop_firm_failures(metrics: Mapping[str, Any]) -> list[str]:
             f"{PROP_MIN_TRADING_DAYS}"
         )
     return failures
+
+
+def _within_risk_limits(metrics: Mapping[str, Any]) -> bool:
+    return bool(
+        metrics["max_drawdown"] <= PROP_MAX_DRAWDOWN_FRACTION
+        and metrics["daily_loss_observable"]
+        and metrics["worst_daily_loss"] <= PROP_DAILY_LOSS_LIMIT_FRACTION
+    )
 
 
 def _market_rank(market_result: Mapping[str, Any]) -> tuple[int, float]:

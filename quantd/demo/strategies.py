@@ -155,6 +155,10 @@ def backtest_positions(
 ) -> dict[str, Any]:
     """Simulate holding `positions` on `close` and return JSON-ready metrics.
 
+    A position is the fraction of equity held long, so a position of 0.5 scales each
+    bar's return and each position change's cost by 0.5. Holding a constant fraction
+    means rebalancing at every close, and that rebalancing is not charged.
+
     Equity starts at 1.0 at the first close and the account starts flat, so a long
     position on the first bar pays the entry cost. A position still open at the end
     is valued at the last close without an exit cost, and `trades` and `win_rate`
