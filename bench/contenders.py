@@ -20,6 +20,9 @@ from bench import baseline
 from bench.workload import PRODUCER, QUEUE, count_files, new_tree, payload
 
 Step = Callable[[], "int | None"]
+# How long an SQLite-based peer waits for another process's lock before it
+# raises; generous, so that load on the machine cannot fail a run.
+SQLITE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,9 @@ def _baseline_remaining(root: Path) -> int:
 def _persistqueue_open(root: Path) -> Any:
     import persistqueue
 
-    queue = persistqueue.SQLiteAckQueue(str(root / "persistqueue"), auto_resume=False)
+    queue = persistqueue.SQLiteAckQueue(
+        str(root / "persistqueue"), auto_resume=False, timeout=SQLITE_TIMEOUT_S
+    )
     # persist-queue opens SQLite in WAL mode with the default synchronous=FULL,
     # an fsync per commit, and has no setting for it; NORMAL matches the
     # not-durable mode every other contender runs in.
@@ -150,7 +155,9 @@ def _persistqueue_remaining(root: Path) -> int:
 def _litequeue_open(root: Path) -> Any:
     from litequeue import LiteQueue
 
-    return LiteQueue(str(root / "litequeue.sqlite3"))
+    # sqlite3's default busy timeout of 5 s is too short for 4 processes on
+    # a loaded 2-core machine: a waiting pop raised "database is locked".
+    return LiteQueue(str(root / "litequeue.sqlite3"), timeout=SQLITE_TIMEOUT_S)
 
 
 def _litequeue_fill(root: Path, count: int) -> None:
@@ -232,6 +239,7 @@ def _dirq_remaining(root: Path) -> int:
 def _diskcache_open(root: Path) -> Any:
     from diskcache import Deque
 
+    # diskcache's own SQLite timeout is already 60 s.
     return Deque(directory=str(root / "diskcache"))
 
 

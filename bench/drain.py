@@ -121,14 +121,21 @@ def measure_drain(
     workers: int,
     count: int,
 ) -> float | None:
-    """Run one drain, record its rate and correctness; return the rate."""
+    """Run one drain and check it; return its rate, or None after
+    recording a failure when a worker process failed."""
     root = scratch / f"drain-{contender.name}-{workers}w"
-    run = drain(contender, root, workers, count)
     what = f"{contender.label}, {workers} workers"
+    try:
+        run = drain(contender, root, workers, count)
+    except RuntimeError as error:
+        last_line = str(error).strip().splitlines()[-1]
+        results.fail(f"{what}: a worker process failed: {last_line}")
+        return None
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     check_exactly_once(results, what, set(range(count)), run.consumed)
     if run.remaining:
         results.fail(f"{what}: {run.remaining} items left in the queue after the drain")
-    shutil.rmtree(root)
     return count / run.elapsed_s
 
 
@@ -150,7 +157,11 @@ def measure(results: Results, sizes: Sizes, scratch: Path) -> None:
 
 
 def _measure_other(
-    results: Results, contender: Contender, scratch: Path, count: int, quantd_4w: float
+    results: Results,
+    contender: Contender,
+    scratch: Path,
+    count: int,
+    quantd_4w: float | None,
 ) -> None:
     is_baseline = contender.name == "baseline"
     prefix = "baseline_" if is_baseline else f"peer_{contender.name}_"
@@ -164,6 +175,8 @@ def _measure_other(
         return
     rate = measure_drain(results, contender, scratch, 4, count)
     _add(results, name_4w, rate, f"{contender.label}, 4 workers", count)
+    if rate is None or quantd_4w is None:
+        return
     results.add(
         f"claim_complete_4w_quantd_vs_{contender.name}",
         quantd_4w / rate,
@@ -173,7 +186,11 @@ def _measure_other(
     )
 
 
-def _add(results: Results, name: str, rate: float, label: str, count: int) -> None:
+def _add(
+    results: Results, name: str, rate: float | None, label: str, count: int
+) -> None:
+    if rate is None:
+        return
     results.add(
         name, rate, unit="items/s", group=GROUP, label=f"{label}, {count:,} items"
     )
