@@ -46,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QuantdError as error:
         print(f"quantd: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:
+        # A full disk or a permission problem in the tree: the message
+        # names the file, and a traceback would add nothing.
+        print(f"quantd: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
 

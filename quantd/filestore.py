@@ -191,7 +191,8 @@ class FileStore:
         """Push a new item into ``queue`` and return its id.
 
         Raises RoutingError, before touching the disk, when ``stage`` has
-        no edge to ``queue``.
+        no edge to ``queue``, and QuantdError when the file system is full;
+        nothing is pushed in either case.
         """
         check_edge(self.tree, stage, queue, worker)
         now = utc_now()
@@ -204,7 +205,15 @@ class FileStore:
             now=now,
             history=[_hop("pushed", now, worker, stage.name, queue=queue)],
         )
-        publish(self.tree, doc, queue, prefix="push")
+        try:
+            publish(self.tree, doc, queue, prefix="push")
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise QuantdError(
+                f"push into {queue!r} failed: {error.strerror} in tree "
+                f"{self.tree.root}; free space on its file system and push again"
+            ) from error
         return str(doc["id"])
 
     # -- claim --------------------------------------------------------
