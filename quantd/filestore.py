@@ -303,7 +303,7 @@ class FileStore:
         path = self.tree.claims_dir(queue) / str(holder.key)
         if path not in self._holder_dirs:
             self._write_holder_record(holder)
-            path.mkdir(parents=True, exist_ok=True)
+            fsutil.make_dirs(path)
             if self.tree.durable:
                 # A claim renamed into a new directory is durable only
                 # once the directory's own entry is.

@@ -97,6 +97,26 @@ def exchange(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(first), None, str(second))
 
 
+# Directories are never writable by others, whatever the umask: any user
+# who can write a queue can take or destroy its items. The group may
+# write, so that workers of several users in one group can share a tree.
+DIR_MODE = 0o775
+
+
+def make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents with at most DIR_MODE."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+
+
 def fsync_dir(directory: Path) -> None:
     """Flush a directory's entries, so that renames into it survive power
     loss."""

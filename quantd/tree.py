@@ -34,6 +34,7 @@ from quantd.config import (
     write_reference_config,
 )
 from quantd.errors import QueueNotFound, TreeError
+from quantd.fsutil import make_dirs
 
 CLAIMS_DIR = ".claims"
 INTERNAL_DIR = ".quantd"
@@ -228,14 +229,14 @@ def init_tree(
     """
     explicit = find_config_path(config, None)
     path = resolve_root(root, load_config(explicit) if explicit else None)
-    path.mkdir(parents=True, exist_ok=True)
+    make_dirs(path)
     written = False
     if config is None and find_config_path(None, path) is None:
         written = write_reference_config(path / CONFIG_FILE_NAME)
     loaded = _load(path, config)
     tree = Tree(path, loaded, loaded.durable)
     for directory in tree.all_dirs():
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
     tree.check()
     _warn_if_network(path)
     return tree, written

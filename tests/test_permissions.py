@@ -199,11 +199,6 @@ def test_queue_dirs_not_world_writable(tmp_path: Path) -> None:
     assert writable == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quantd creates tree and claim directories with the process "
-    "umask, so umask 000 makes them world-writable",
-)
 def test_queue_dirs_not_world_writable_under_umask_0(tmp_path: Path) -> None:
     previous = os.umask(0)
     try:
