@@ -628,11 +628,12 @@ def archive(
     The move is the commit: if ``source`` is gone, the claim was lost and
     ClaimLost is raised. The outcome is swapped into ``source`` first, in
     one atomic exchange that also fails if the claim is gone, so the
-    archive never holds a document without its outcome. A claim that dies
-    between the exchange and the move is recovered with the outcome's hop
-    in its history, and is not archived. Where the exchange is not
-    supported, the archived file is rewritten after the move instead, and
-    a crash in between leaves the original document in the archive.
+    archived document always contains its outcome. A claim whose holder
+    dies between the exchange and the move is not archived: recovery
+    returns it to pending with the outcome's hop left in its history.
+    Where the exchange is not supported, the archived file is rewritten
+    after the move instead, and a crash in between leaves the original
+    document in the archive.
     """
     directory = tree.archive_dir(archive_name)
     item_id = _archive_id(source, doc)
