@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -268,3 +269,101 @@ def test_checker_reports_bad_file_left_in_queue(tmp_path: Path) -> None:
     violations = check(tree, RUN, set(), [dropped]).violations
     assert [v.kind for v in violations] == ["not_quarantined"]
     assert "queues/to-convert" in violations[0].detail
+
+
+# -- a frozen holder ------------------------------------------------------------
+
+
+HOLDER_CODE = """
+import sys
+from quantd import Worker, open_tree
+worker = Worker(open_tree(sys.argv[1]), "converter-frozen")
+item = worker.claim("to-convert")
+print(item.id, flush=True)
+sys.stdin.readline()
+print(worker.route(item, "to-backtest", {"n": 1}), flush=True)
+"""
+
+
+def wait_until(condition: Any, what: str, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def reconciles(tree: Any) -> int:
+    try:
+        status = json.loads(tree.status_path.read_bytes())
+    except (OSError, ValueError):
+        return -1
+    return int(status["counters"]["reconciles"])
+
+
+@pytest.mark.timeout(120)
+def test_stopped_holder_keeps_claim(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path / "tree")
+    config_path = tree.root / "quantd.toml"
+    config = config_path.read_text().replace("lease_s = 300.0", "lease_s = 1.0")
+    config = config.replace("reconcile_interval_s = 30.0", "reconcile_interval_s = 0.2")
+    config = config.replace("status_interval_s = 5.0", "status_interval_s = 0.2")
+    config_path.write_text(config)
+    tree = open_tree_at(tree.root)
+    assert tree.config.daemon.lease_s == 1.0
+    with Worker(tree, "researcher-t") as researcher:
+        item_id = researcher.push("to-convert", {"n": 1})
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "quantd", "run", "--root", str(tree.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_CODE, str(tree.root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == item_id
+        claims = list(tree.claims_dir("to-convert").glob("*/*.json"))
+        assert len(claims) == 1
+        os.kill(holder.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_until(lambda: reconciles(tree) >= 0, "status.json")
+        first = reconciles(tree)
+        # Frozen well past its lease, through several full sweeps.
+        wait_until(
+            lambda: (
+                reconciles(tree) >= first + 5
+                and time.monotonic() - stopped_at > 3 * tree.config.daemon.lease_s
+            ),
+            "sweeps while the holder is stopped",
+        )
+        assert claims[0].exists()
+        assert os.listdir(tree.queue_dir("to-convert")) == [".claims"]
+        assert os.listdir(tree.recovering) == []
+        assert daemon.poll() is None
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        successor = holder.stdout.readline().strip()
+        assert holder.wait(timeout=30) == 0
+    finally:
+        for process in (holder, daemon):
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                process.kill()
+                process.wait()
+    pending = os.listdir(tree.queue_dir("to-backtest"))
+    assert len(pending) == 1
+    assert successor in pending[0]
+    assert os.listdir(tree.archive_dir("completed")) == [f"{item_id}.json"]
+    assert os.listdir(tree.queue_dir("to-convert")) == [".claims"]
+    archived = json.loads(
+        (tree.archive_dir("completed") / f"{item_id}.json").read_text()
+    )
+    assert archived["attempts"] == 0
