@@ -40,7 +40,7 @@ def test_open_missing_root(tmp_path: Path) -> None:
 def test_open_missing_directory_names_it(tmp_path: Path) -> None:
     tree, _ = quantd.init_tree(tmp_path / "tree")
     tree.queue_dir("to-convert").rmdir()
-    with pytest.raises(TreeError, match="queues/to-convert of tree .* is missing"):
+    with pytest.raises(TreeError, match=r"queues/to-convert of tree .* is missing"):
         quantd.open_tree(tree.root)
 
 
