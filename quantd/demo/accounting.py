@@ -26,7 +26,7 @@ def headline(payload: Mapping[str, Any]) -> str:
         return ""
     metrics = markets[market].get("out_of_sample") or {}
     try:
-        return (
+        line = (
             f"{market} out of sample: Sharpe {metrics['sharpe_ratio']:.2f}, "
             f"return {metrics['total_return']:+.1%}, "
             f"max drawdown {metrics['max_drawdown']:.1%}, "
@@ -34,6 +34,11 @@ def headline(payload: Mapping[str, Any]) -> str:
         )
     except (KeyError, TypeError, ValueError):
         return f"{market}: metrics missing"
+    prop_firm = markets[market].get("prop_firm") or {}
+    fraction = prop_firm.get("position_fraction")
+    if prop_firm.get("passed") and isinstance(fraction, int | float):
+        line += f"; passes prop-firm rules at {fraction:.0%} position size"
+    return line
 
 
 def count_recoveries(doc: Mapping[str, Any]) -> int:
