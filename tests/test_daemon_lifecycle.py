@@ -226,3 +226,21 @@ def test_notify_ready_watchdog_stopping(
         assert daemon.stop() == 0
         assert received("STOPPING=") == "STOPPING=1"
     assert seen.index("READY=1") < seen.index("STOPPING=1")
+
+
+@pytest.mark.timeout(120)
+def test_status_follows_changes(tmp_path: Path, daemons: Daemons) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    # With an hour between periodic writes, only a change can trigger one.
+    tree = configure(root, status_interval_s=3600.0, status_debounce_s=0.05)
+    daemons.start(root)
+
+    with quantd.Worker(tree, "researcher-1") as worker:
+        worker.push("to-convert", {"n": 1})
+
+    def pending() -> int:
+        queues = read_json(tree.status_path)["queues"]
+        return int(queues["to-convert"]["pending"]["medium"])
+
+    wait_for(lambda: pending() == 1, what="status.json showing the push")

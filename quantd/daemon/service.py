@@ -231,7 +231,8 @@ class Daemon:
         if now >= self._next_cache_save:
             self._next_cache_save = now + CACHE_SAVE_INTERVAL_S
             self._save_checked()
-        if self.journal.changed:
+        # Any event may have changed the counts that status.json shows.
+        if self.journal.changed or batch.events or exited:
             self.journal.changed = False
             if self._status_due is None:
                 debounce = self.tree.config.daemon.status_debounce_s
