@@ -56,13 +56,29 @@ def _check_linux(key: HolderKey) -> Liveness:
     except (ValueError, IndexError):
         return Liveness(Verdict.UNKNOWN, "proc_unparsable")
     if stat is None:
-        return Liveness(Verdict.DEAD, "pid_gone")
+        return _check_hidden(key.pid)
     state, start = stat
     if start != key.start:
         return Liveness(Verdict.DEAD, "pid_reused")
     if state in ("Z", "X"):
         return Liveness(Verdict.DEAD, "zombie")
     return Liveness(Verdict.ALIVE, "running")
+
+
+def _check_hidden(pid: int) -> Liveness:
+    """Decide on a pid that ``/proc`` does not show.
+
+    ``/proc`` mounted with ``hidepid`` hides other users' processes, so a
+    missing entry proves death only if the kernel also has no such pid.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return Liveness(Verdict.DEAD, "pid_gone")
+    except PermissionError:
+        # The process exists but belongs to another user.
+        pass
+    return Liveness(Verdict.UNKNOWN, "proc_hidden")
 
 
 def _check_psutil(key: HolderKey) -> Liveness:
