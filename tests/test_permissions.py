@@ -233,11 +233,15 @@ def drop_unreadable_item(tree: Tree, queue: str, item_id: str) -> Path:
     ``daemon.write_grace_s``, in case its writer is still writing it.
     """
     uid, gid, _ = other_user()
-    path = tree.queue_dir(queue) / pending_name(item_id, Priority.HIGH, utc_now())
+    name = pending_name(item_id, Priority.HIGH, utc_now())
+    # Built beside the tree and renamed in, so nobody sees it half made.
+    staged = tree.root.parent / name
     document = {"id": item_id, "priority": "high", "payload": {"n": 1}}
-    path.write_text(json.dumps(document))
-    os.chown(path, uid, gid)
-    path.chmod(0)
+    staged.write_text(json.dumps(document))
+    os.chown(staged, uid, gid)
+    staged.chmod(0)
+    path = tree.queue_dir(queue) / name
+    staged.rename(path)
     return path
 
 
@@ -278,7 +282,7 @@ def test_daemon_quarantines_unreadable_item(
         wait_for(tree.status_path.exists, "status.json")
         path = drop_unreadable_item(tree, "to-backtest", "unreadable-2")
         reasons = wait_for(lambda: quarantine_reasons(tree), "a quarantine entry")
-        assert [r["reason"] for r in reasons] == ["unreadable"]
+        assert [r["reason"] for r in reasons] == ["unreadable"], reasons
         assert not path.exists()
         assert process.poll() is None
     finally:

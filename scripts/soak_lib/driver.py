@@ -36,7 +36,9 @@ WORKER_FAULT_STEPS = (
     "route.after_draft",
     "route.after_commit",
     "route.after_push",
+    "completed.after_record",
     "completed.after_rename",
+    "failed.after_record",
     "failed.after_rename",
 )
 RESEARCHER_FAULT_STEPS = ("push.after_write", "push.after_rename")
