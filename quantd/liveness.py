@@ -66,7 +66,7 @@ def _check_linux(key: HolderKey) -> Liveness:
 
 
 def _check_hidden(pid: int) -> Liveness:
-    """Decide on a pid that ``/proc`` does not show.
+    """Judge a process that ``/proc`` does not list.
 
     ``/proc`` mounted with ``hidepid`` hides other users' processes, so a
     missing entry proves death only if the kernel also has no such pid.

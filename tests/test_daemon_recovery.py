@@ -215,8 +215,7 @@ def test_foreign_claim_waits_for_lease(tmp_path: Path, daemons: Daemons) -> None
 
     doc = wait_for(lambda: recovered_doc(tree, item_id), what="lease expiry")
     assert doc["history"][-1]["reason"] == "lease_expired: other_machine"
-    record = daemon.event("claim_recovered", item_id=item_id)
-    assert record is not None
+    record = wait_for(lambda: daemon.event("claim_recovered", item_id=item_id))
     recovered_at = quantd.items.parse_time(record["timestamp"]).timestamp()
     assert recovered_at >= claimed_at + 2.0
 
