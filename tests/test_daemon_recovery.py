@@ -160,7 +160,10 @@ def test_killed_worker_recovered_by_pidfd(
     recovered = wait_for(lambda: daemon.event("claim_recovered", item_id=item_id))
     assert recovered["pid"] == worker.pid
     assert recovered["attempts"] == 1
-    assert list(tree.claims_dir("to-convert").iterdir()) == []
+    wait_for(
+        lambda: not list(tree.claims_dir("to-convert").iterdir()),
+        what="the removed claim directory",
+    )
 
 
 @pytest.mark.timeout(120)
@@ -318,4 +321,7 @@ def test_committed_route_finished_by_daemon(
     [successor] = pending_files(tree, "to-backtest")
     assert read_json(successor)["parent_id"] == item_id
     assert pending_files(tree, "to-convert") == []
-    assert list(tree.claims_dir("to-convert").iterdir()) == []
+    wait_for(
+        lambda: not list(tree.claims_dir("to-convert").iterdir()),
+        what="the removed claim directory",
+    )
