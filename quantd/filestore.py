@@ -653,6 +653,8 @@ def archive(
         fsutil.fsync_dir(directory)
     if recorded:
         return target
+    # NOTE: this fallback runs only without RENAME_EXCHANGE (not Linux, or
+    # a file system such as NFS), and no test in this repository reaches it.
     if doc is None:
         try:
             doc = json.loads(target.read_bytes())

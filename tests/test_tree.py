@@ -102,3 +102,30 @@ def test_queue_on_other_file_system_rejected(tmpfs_queue: Path) -> None:
     assert "different file system" in str(opened.value)
     with pytest.raises(TreeError, match="different file system"):
         quantd.init_tree(root)
+
+
+def test_exchange_swaps_and_checks(tmp_path: Path) -> None:
+    from quantd.fsutil import exchange
+
+    first = tmp_path / "first"
+    second = tmp_path / "second"
+    first.write_text("1")
+    second.write_text("2")
+    assert exchange(first, second) is True
+    assert first.read_text() == "2"
+    assert second.read_text() == "1"
+    with pytest.raises(FileNotFoundError):
+        exchange(first, tmp_path / "missing")
+    assert first.read_text() == "2"
+
+
+def test_make_dirs_mode_under_umask_0(tmp_path: Path) -> None:
+    from quantd.fsutil import DIR_MODE, make_dirs
+
+    previous = os.umask(0)
+    try:
+        make_dirs(tmp_path / "a" / "b" / "c")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"):
+        assert path.stat().st_mode & 0o777 == DIR_MODE
