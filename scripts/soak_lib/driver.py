@@ -9,26 +9,20 @@ decisions, not the same interleaving.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import os
 import random
 import time
-import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import tomli_w
-
-from quantd import Tree, init_tree, open_tree
-from quantd.holder import read_proc_stat
-from quantd.items import parse_pending_name
+from quantd import Tree
 from soak_lib import badfiles, plan
 from soak_lib.checker import Report, Violation, check
-from soak_lib.procs import Proc, spawn
+from soak_lib.observe import claims_of, finished_count, is_empty, listdir, pending_count
+from soak_lib.procs import Proc, spawn, wait_until_stopped
+from soak_lib.rundir import RunDirectory, read_logs
 from soak_lib.worker import BUG_FAULT_POINT
 
 WORKER_FAULT_STEPS = (
@@ -43,16 +37,6 @@ WORKER_FAULT_STEPS = (
 )
 RESEARCHER_FAULT_STEPS = ("push.after_write", "push.after_rename")
 DAEMON_FAULT_STEPS = ("recover.after_take", "recover.after_record")
-# Daemon settings of the soak tree: short enough that a run of a minute
-# has many recoveries, dead letters and expired leases.
-SOAK_DAEMON_SETTINGS: dict[str, Any] = {
-    "reconcile_interval_s": 1.0,
-    "lease_s": 3.0,
-    "max_attempts": 3,
-    "max_item_bytes": 65_536,
-    "status_interval_s": 1.0,
-    "status_debounce_s": 0.1,
-}
 # Mean seconds between two chaos events of each kind; the first event of
 # each kind comes early, so a one-minute run has every kind.
 CHAOS_MEAN_INTERVAL_S = {
@@ -69,18 +53,6 @@ CHAOS_FIRST_AT_S = {
     "bad_file": 1.0,
     "burst": 8.0,
 }
-# Daemon log events the soak counts; item_dead_lettered is logged as an
-# error by design.
-DAEMON_EVENTS = (
-    "claim_recovered",
-    "item_dead_lettered",
-    "item_quarantined",
-    "route_finished",
-    "events_maybe_lost",
-    "draft_removed",
-    "handler_failed",
-)
-EXPECTED_ERRORS = ("item_dead_lettered",)
 WORKER_FAULT_PROBABILITY = 0.4
 DAEMON_FAULT_PROBABILITY = 0.5
 BUG_FAULT_PROBABILITY = 0.8
@@ -125,12 +97,7 @@ class Soak:
         self.options = options
         self.rng = random.Random(options.seed)
         self.run_id = f"soak-{options.seed}-{os.getpid()}-{int(time.time())}"
-        self.tree_root = options.root / "tree"
-        self.state = options.root / "state"
-        self.logs = self.state / "logs"
-        self.staging = self.state / "staging"
-        self.ledgers = self.state / "ledgers"
-        self.poison_dir = self.state / "poison"
+        self.run_dir = RunDirectory(options.root)
         self.counts: Counter[str] = Counter()
         self.violations: list[Violation] = []
         self.dropped: list[badfiles.Dropped] = []
@@ -152,16 +119,7 @@ class Soak:
     # -- set-up ---------------------------------------------------------------
 
     def setup(self) -> None:
-        for directory in (self.logs, self.staging, self.ledgers, self.poison_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-        init_tree(self.tree_root)
-        config_path = self.tree_root / "quantd.toml"
-        document = tomllib.loads(config_path.read_text())
-        document.setdefault("daemon", {}).update(SOAK_DAEMON_SETTINGS)
-        config_path.write_text(tomli_w.dumps(document))
-        self.tree = open_tree(self.tree_root)
-        run = {"run_id": self.run_id, "seed": self.options.seed}
-        (self.state / "run.json").write_text(json.dumps(run))
+        self.tree = self.run_dir.create(self.run_id, self.options.seed)
 
     # -- the run --------------------------------------------------------------
 
@@ -179,7 +137,7 @@ class Soak:
         finally:
             self._kill_all()
         self.counts["duration_s"] = round(time.monotonic() - self.started)
-        report = check(self.tree, self.run_id, self._ledger_ids(), self.dropped)
+        report = check(self.tree, self.run_id, self.run_dir.ledger_ids(), self.dropped)
         self._read_logs(report)
         report.violations[:0] = self.violations
         report.counts.update(self._driver_counts())
@@ -206,7 +164,7 @@ class Soak:
             if now - last_print >= PROGRESS_EVERY_S:
                 last_print = now
                 self._print_progress(now)
-            finished = self._finished_count()
+            finished = finished_count(self.tree)
             if finished != last_progress[1]:
                 last_progress = (now, finished)
             elif now - last_progress[0] > STALL_LIMIT_S:
@@ -223,7 +181,7 @@ class Soak:
         if self.options.minutes is not None:
             return elapsed >= self.options.minutes * 60
         researchers_done = len(self.researchers_done) >= self.options.workers_per_stage
-        return researchers_done and self._pending_count() == 0
+        return researchers_done and pending_count(self.tree) == 0
 
     def _drain_phase(self) -> None:
         for stopped in list(self.stopped):
@@ -237,7 +195,8 @@ class Soak:
             now = time.monotonic()
             self._reap(now)
             self._maintain(now, chaos=False)
-            if self._drained():
+            done = len(self.researchers_done) >= self.options.workers_per_stage
+            if done and is_empty(self.tree):
                 self.counts["drain_s"] = round(now - drain_started)
                 return
             time.sleep(0.1)
@@ -301,7 +260,7 @@ class Soak:
     def _classify_exit(self, proc: Proc, code: int) -> None:
         if proc.killed:
             return
-        if code == -9 and (self.poison_dir / str(proc.pid)).exists():
+        if code == -9 and (self.run_dir.poison / str(proc.pid)).exists():
             self.counts["poison_kills"] += 1
             return
         if code == -9 and proc.faults:
@@ -346,11 +305,11 @@ class Soak:
             "-m",
             "soak_lib.worker",
             "--root",
-            str(self.tree_root),
+            str(self.run_dir.tree_root),
             "--worker",
             name,
             "--log",
-            str(self.logs / f"{stage}.events"),
+            str(self.run_dir.logs / f"{stage}.events"),
             "--run",
             self.run_id,
             "--work-ms",
@@ -359,7 +318,7 @@ class Soak:
         if stage == plan.RESEARCHER:
             argv += self._researcher_args(slot)
         else:
-            argv += ["--poison-dir", str(self.poison_dir)]
+            argv += ["--poison-dir", str(self.run_dir.poison)]
         if stage != plan.RESEARCHER and self.options.inject_bug:
             argv += ["--bug", self.options.inject_bug]
         faults = self._worker_faults(stage) if chaos else None
@@ -369,14 +328,14 @@ class Soak:
             slot,
             argv,
             faults=faults,
-            stderr_path=self.logs / f"{stage}-{slot}.stderr",
+            stderr_path=self.run_dir.logs / f"{stage}-{slot}.stderr",
         )
         self.counts[f"starts_{stage}"] += 1
 
     def _researcher_args(self, slot: int) -> list[str]:
         argv = [
             "--ledger",
-            str(self.ledgers / f"researcher-{slot}.ledger"),
+            str(self.run_dir.ledgers / f"researcher-{slot}.ledger"),
             "--first-seq",
             str(slot),
             "--seq-step",
@@ -423,9 +382,14 @@ class Soak:
             faults = f"{step}@{self.rng.randint(1, 3)}"
             self.counts[f"daemon_fault_armed:{step}"] += 1
         name = f"daemon-g{next(self.generation)}"
-        argv = ["-m", "quantd", "run", "--root", str(self.tree_root)]
+        argv = ["-m", "quantd", "run", "--root", str(self.run_dir.tree_root)]
         self.daemon = spawn(
-            name, "daemon", 0, argv, faults=faults, stderr_path=self.logs / "daemon.log"
+            name,
+            "daemon",
+            0,
+            argv,
+            faults=faults,
+            stderr_path=self.run_dir.logs / "daemon.log",
         )
         self.counts["starts_daemon"] += 1
         if chaos and self.kill_daemon_after_start:
@@ -475,7 +439,7 @@ class Soak:
         exists, so that a kill lands in the middle of the write."""
         deadline = time.monotonic() + STATUS_WRITE_WAIT_S
         while time.monotonic() < deadline:
-            if any(n.startswith("status-") for n in _listdir(self.tree.tmp)):
+            if any(n.startswith("status-") for n in listdir(self.tree.tmp)):
                 return True
         return False
 
@@ -509,7 +473,7 @@ class Soak:
             if proc.role != plan.RESEARCHER
             and not proc.stopped
             and proc.alive()
-            and self._claims_of(proc.pid)
+            and claims_of(self.tree, proc.pid)
         ]
         if not candidates:
             return False
@@ -517,7 +481,7 @@ class Soak:
         proc.stop()
         # The claims are listed once the process is frozen: a worker that
         # committed a route just before the stop no longer has the claim.
-        claims = self._claims_of(proc.pid) if _wait_stopped(proc.pid) else []
+        claims = claims_of(self.tree, proc.pid) if wait_until_stopped(proc.pid) else []
         if not claims:
             proc.resume()
             return False
@@ -527,18 +491,6 @@ class Soak:
         self.stopped.append(StoppedWorker(proc, now + hold_s, claims, up))
         self.counts["stops"] += 1
         return True
-
-    def _claims_of(self, pid: int) -> list[Path]:
-        found = []
-        for queue in self.tree.config.queues:
-            claims_dir = self.tree.claims_dir(queue)
-            for holder in _listdir(claims_dir):
-                if holder.partition("-")[0] != str(pid):
-                    continue
-                for name in _listdir(claims_dir / holder):
-                    if name.endswith(".json"):
-                        found.append(claims_dir / holder / name)
-        return found
 
     def _check_stops(self, now: float) -> None:
         for stopped in list(self.stopped):
@@ -577,14 +529,13 @@ class Soak:
             kind,
             queue,
             self.tree.queue_dir(queue),
-            self.staging,
+            self.run_dir.staging,
             len(self.dropped),
             max_item_bytes=settings.max_item_bytes,
             max_json_depth=settings.max_json_depth,
         )
         self.dropped.append(dropped)
-        with open(self.state / "badfiles.jsonl", "a") as record:
-            record.write(dropped.to_json() + "\n")
+        self.run_dir.record_dropped(dropped)
         self.counts[f"bad_file:{kind}"] += 1
 
     def _chaos_burst(self, now: float) -> bool:
@@ -616,69 +567,33 @@ class Soak:
 
     # -- observing the tree ---------------------------------------------------
 
-    def _pending_count(self) -> int:
-        count = 0
-        for queue in self.tree.config.queues:
-            for name in _listdir(self.tree.queue_dir(queue)):
-                if parse_pending_name(name) is not None:
-                    count += 1
-        return count
-
-    def _finished_count(self) -> int:
-        dirs = [self.tree.archive_dir(name) for name in self.tree.config.archives]
-        dirs += [self.tree.queue_dir(name) for name in self.tree.config.outputs]
-        return sum(len(_listdir(d)) for d in dirs)
-
-    def _drained(self) -> bool:
-        if len(self.researchers_done) < self.options.workers_per_stage:
-            return False
-        for queue in self.tree.config.queues:
-            queue_dir = self.tree.queue_dir(queue)
-            if [n for n in _listdir(queue_dir) if n != ".claims"]:
-                return False
-            claims = self.tree.claims_dir(queue)
-            if any(_listdir(claims / holder) for holder in _listdir(claims)):
-                return False
-        return not _listdir(self.tree.recovering)
-
-    def _ledger_ids(self) -> set[str]:
-        return read_ledger_ids(self.ledgers)
-
     def _print_progress(self, now: float) -> None:
         kills = self.counts["worker_kills_timing"] + sum(
             v for k, v in self.counts.items() if k.startswith("fault_kills_")
         )
+        pushed = len(self.run_dir.ledger_ids())
+        finished = finished_count(self.tree)
+        pending = pending_count(self.tree)
         print(
-            f"soak: {now - self.started:6.0f} s  pushed {len(self._ledger_ids())}  "
-            f"finished {self._finished_count()}  pending {self._pending_count()}  "
+            f"soak: {now - self.started:6.0f} s  pushed {pushed}  "
+            f"finished {finished}  pending {pending}  "
             f"kills {kills}  daemon starts {self.counts['starts_daemon']}",
             flush=True,
         )
 
     def _read_logs(self, report: Report) -> None:
-        """Count what the daemons logged, and find claims that live
+        """Count what the daemons logged, and report claims that live
         workers lost: only a dead holder's claim may be taken."""
-        for line in _read_lines(self.logs / "daemon.log"):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            event = str(record.get("event"))
-            if event in DAEMON_EVENTS:
-                self.counts[f"daemon_log:{event}"] += 1
-            if record.get("level") == "error" and event not in EXPECTED_ERRORS:
-                self.counts["daemon_errors"] += 1
-                report.warnings.append(f"daemon logged an error: {line.strip()}")
-        for path in sorted(self.logs.glob("*.events")):
-            for line in _read_lines(path):
-                if '"claim_lost"' not in line:
-                    continue
-                record = json.loads(line)
-                self._violate(
-                    "claim_lost",
-                    [str(record.get("item_id"))],
-                    f"a live worker lost its claim: {record.get('error')}",
-                )
+        summary = read_logs(self.run_dir)
+        self.counts.update(summary.events)
+        self.counts["daemon_errors"] = len(summary.daemon_errors)
+        report.warnings += [
+            f"daemon logged an error: {e}" for e in summary.daemon_errors
+        ]
+        for item_id, error in summary.claims_lost:
+            self._violate(
+                "claim_lost", [item_id], f"a live worker lost its claim: {error}"
+            )
 
     def _violate(self, kind: str, ids: list[str], detail: str) -> None:
         self.violations.append(Violation(kind, tuple(ids), detail))
@@ -695,56 +610,3 @@ class Soak:
         )
         counts["bad_files_dropped"] = len(self.dropped)
         return counts
-
-
-def read_ledger_ids(ledgers: Path) -> set[str]:
-    """Return every id whose push a researcher saw return."""
-    ids = set()
-    for path in ledgers.glob("*.ledger"):
-        for line in path.read_text().splitlines():
-            fields = line.split()
-            if len(fields) == 2:
-                ids.add(fields[1])
-    return ids
-
-
-def check_saved_run(root: Path) -> tuple[Report, int]:
-    """Check the tree of a finished run kept in ``root`` again; return the
-    report and the run's seed."""
-    state = root / "state"
-    run = json.loads((state / "run.json").read_text())
-    dropped = []
-    with contextlib.suppress(FileNotFoundError):
-        lines = (state / "badfiles.jsonl").read_text().splitlines()
-        dropped = [badfiles.Dropped.from_json(line) for line in lines]
-    tree = open_tree(root / "tree")
-    report = check(tree, run["run_id"], read_ledger_ids(state / "ledgers"), dropped)
-    return report, int(run["seed"])
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def _listdir(directory: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
-
-
-def _wait_stopped(pid: int, timeout_s: float = 2.0) -> bool:
-    """Wait until ``pid`` is in the stopped state; SIGSTOP is delivered
-    asynchronously."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stat = read_proc_stat(pid)
-        if stat is None:
-            return False
-        if stat[0] == "T":
-            return True
-        time.sleep(0.001)
-    return False

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantd.holder import read_proc_stat
+
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 15.0
 
@@ -107,3 +109,17 @@ def spawn(
     finally:
         stderr.close()
     return Proc(name, role, slot, popen, faults, stderr_path)
+
+
+def wait_until_stopped(pid: int, timeout_s: float = 2.0) -> bool:
+    """Wait until ``pid`` is in the stopped state, because SIGSTOP is
+    delivered asynchronously; return whether it got there."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stat = read_proc_stat(pid)
+        if stat is None:
+            return False
+        if stat[0] == "T":
+            return True
+        time.sleep(0.001)
+    return False
