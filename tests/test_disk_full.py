@@ -191,6 +191,50 @@ def test_route_on_full_disk_keeps_claim(small_tree: Tree, filler: Filler) -> Non
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="route lets OSError ENOSPC out as it is, not as a QuantdError",
+)
+def test_route_on_full_disk_raises_quantd_error(
+    small_tree: Tree, filler: Filler
+) -> None:
+    with Worker(small_tree, "researcher-df") as researcher:
+        researcher.push("to-convert", {"n": 1})
+    with Worker(small_tree, "converter-df") as converter:
+        item = converter.claim("to-convert")
+        assert item is not None
+        filler.fill()
+        with pytest.raises(QuantdError, match="space"):
+            converter.route(item, "to-backtest", {"n": 1})
+
+
+@pytest.mark.timeout(60)
+def test_push_command_on_full_disk(small_tree: Tree, filler: Filler) -> None:
+    filler.fill()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quantd",
+            "push",
+            "to-convert",
+            "--root",
+            str(small_tree.root),
+            "--worker",
+            "researcher-df",
+        ],
+        input='{"n": 1}',
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert DISK_FULL in result.stderr
+    assert queue_entries(small_tree)["to-convert"] == []
+
+
+@pytest.mark.timeout(60)
 def test_complete_on_full_disk_archives_whole_item(
     small_tree: Tree, filler: Filler
 ) -> None:
