@@ -1,4 +1,5 @@
-"""Which local holders are alive, watched without polling where possible.
+"""Which holders are alive, watched without polling where possible, and
+what the status file lists about them.
 
 On Linux the registry keeps a pidfd (``os.pidfd_open``) for every live
 local holder; the main loop puts it in its selector, and the pidfd becomes
@@ -12,9 +13,12 @@ psutil once per loop tick.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import selectors
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from quantd.holder import HolderKey
 from quantd.liveness import Liveness, Verdict, check_process
@@ -105,3 +109,85 @@ class HolderRegistry:
         for key in list(self._pidfds):
             self.forget(key)
         self._polled.clear()
+
+
+class HolderViews:
+    """What the status file lists about each holder: who it is, its
+    verdict, and how many claims it has in which queues."""
+
+    def __init__(self, records_dir: Path) -> None:
+        self.records_dir = records_dir
+        self._views: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def reset(self) -> None:
+        self._views = {}
+
+    def note(
+        self,
+        name: str,
+        key: HolderKey | None,
+        where: str,
+        queue: str,
+        liveness: Liveness,
+        claims: int,
+        worker: str | None = None,
+    ) -> None:
+        """Record how many claims a holder has at ``where`` (its claim
+        directory, or the claim file of a reference-protocol worker)."""
+        view = self._views.get(name)
+        if view is None:
+            record = self.record(name)
+            view = {
+                "key": name,
+                "worker": worker or record.get("worker"),
+                "stage": record.get("stage"),
+                "pid": key.pid if key else None,
+                "host": record.get("host"),
+                "held": {},
+            }
+            self._views[name] = view
+        view["verdict"] = liveness.verdict.value
+        view["reason"] = liveness.reason
+        view["held"][where] = (queue, claims)
+
+    def forget(self, where: str) -> None:
+        """Forget the claims counted at ``where``, which is gone."""
+        for name, view in list(self._views.items()):
+            if view["held"].pop(where, None) is not None and not view["held"]:
+                del self._views[name]
+
+    def drop(self, name: str) -> None:
+        self._views.pop(name, None)
+
+    def listed(self) -> list[dict[str, Any]]:
+        listed = []
+        for view in self._views.values():
+            held = view["held"].values()
+            entry = {k: v for k, v in view.items() if k != "held"}
+            entry["claims"] = sum(count for _, count in held)
+            entry["queues"] = sorted({queue for queue, count in held if count})
+            listed.append(entry)
+        return listed
+
+    def record(self, holder: str) -> dict[str, Any]:
+        """Return the record of who a holder key belongs to, or {}."""
+        cached = self._records.get(holder)
+        if cached is not None:
+            return cached
+        try:
+            record = json.loads((self.records_dir / f"{holder}.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(record, dict):
+            return {}
+        if len(self._records) > 10_000:
+            self._records.clear()
+        self._records[holder] = record
+        return record
+
+    def uncache(self, holder: str) -> None:
+        self._records.pop(holder, None)

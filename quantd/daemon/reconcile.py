@@ -35,7 +35,7 @@ from quantd.daemon.checks import (
     decode_name,
     read_checked,
 )
-from quantd.daemon.holders import HolderRegistry
+from quantd.daemon.holders import HolderRegistry, HolderViews
 from quantd.daemon.journal import Journal
 from quantd.filestore import (
     COMMITTED_SUFFIX,
@@ -71,8 +71,7 @@ class Reconciler:
         self._journal = journal
         self._valid: dict[str, _ValidKey] = {}
         self._recheck: dict[str, float] = {}
-        self._holders: dict[str, dict[str, Any]] = {}
-        self._records: dict[str, dict[str, Any]] = {}
+        self._views = HolderViews(tree.holders)
         self.set_tree(tree)
 
     def set_tree(self, tree: Tree) -> None:
@@ -83,6 +82,7 @@ class Reconciler:
             tree.root / path: name for name, path in config.targets().items()
         }
         self._tree_dirs = {*tree.all_dirs(), tree.internal}
+        self._views.records_dir = tree.holders
         self._valid.clear()
 
     # -- entry points ---------------------------------------------------
@@ -91,7 +91,7 @@ class Reconciler:
         """Check the whole tree; return what the sweep found and did."""
         started = time.monotonic()
         before = {k: v for k, v in self._journal.counters.items() if isinstance(v, int)}
-        self._holders = {}
+        self._views.reset()
         seen: set[str] = set()
         self.finish_recovering()
         files = 0
@@ -107,7 +107,7 @@ class Reconciler:
         summary: dict[str, Any] = {
             "files": files,
             "valid": len(seen),
-            "holders": len(self._holders),
+            "holders": len(self._views),
             **counts,
             "duration_s": round(time.monotonic() - started, 3),
         }
@@ -130,7 +130,7 @@ class Reconciler:
         elif parts[0] != CLAIMS_DIR or len(parts) == 1:
             entry = directory / parts[0]
             if not os.path.lexists(entry):
-                self._forget_claims(str(entry))
+                self._views.forget(str(entry))
                 self._valid.pop(str(entry), None)
                 return
             raw = os.fsencode(parts[0])
@@ -157,7 +157,7 @@ class Reconciler:
                     holder_dir,
                     now,
                 )
-        self._holders.pop(str(key), None)
+        self._views.drop(str(key))
         self._prune_holder_records()
 
     def finish_recovering(self) -> None:
@@ -226,15 +226,8 @@ class Reconciler:
         return min(self._recheck.values(), default=None)
 
     def holders(self) -> list[dict[str, Any]]:
-        """The holders seen by the last sweep, as the status file lists them."""
-        listed = []
-        for view in self._holders.values():
-            held = view["held"].values()
-            entry = {k: v for k, v in view.items() if k != "held"}
-            entry["claims"] = sum(count for _, count in held)
-            entry["queues"] = sorted({queue for queue, count in held if count})
-            listed.append(entry)
-        return listed
+        """The holders seen so far, as the status file lists them."""
+        return self._views.listed()
 
     # -- queues ---------------------------------------------------------
 
@@ -374,7 +367,7 @@ class Reconciler:
         try:
             names = sorted(os.listdir(holder_dir))
         except (FileNotFoundError, NotADirectoryError):
-            self._forget_claims(str(holder_dir))
+            self._views.forget(str(holder_dir))
             return
         key = HolderKey.parse(name)
         if key is None or not key.is_local:
@@ -387,7 +380,7 @@ class Reconciler:
             return
         self._finish_old_routes(queue, holder_dir, names, now)
         claims = sum(1 for n in names if n.endswith(".json"))
-        self._note_holder(name, key, str(holder_dir), queue, liveness, claims)
+        self._views.note(name, key, str(holder_dir), queue, liveness, claims)
 
     def _check_leases(
         self, queue: str, holder_dir: Path, names: list[str], now: float, why: str
@@ -408,7 +401,7 @@ class Reconciler:
         self._finish_old_routes(queue, holder_dir, names, now)
         self._remove_stale_drafts(queue, holder_dir, now)
         liveness = Liveness(Verdict.UNKNOWN, why)
-        self._note_holder(holder, key, str(holder_dir), queue, liveness, held)
+        self._views.note(holder, key, str(holder_dir), queue, liveness, held)
 
     def _remove_stale_drafts(self, queue: str, holder_dir: Path, now: float) -> None:
         """Remove drafts whose claim is gone and whose lease ran out.
@@ -445,16 +438,16 @@ class Reconciler:
     ) -> None:
         liveness = self._judge_lease(path, now, "no_pid")
         if liveness.verdict.recoverable:
-            self._forget_claims(str(path))
+            self._views.forget(str(path))
             self._recover(queue, path, REFERENCE_HOLDER, liveness, None, worker)
             return
         name = f"{REFERENCE_HOLDER}:{worker}"
-        self._note_holder(name, None, str(path), queue, liveness, 1, worker)
+        self._views.note(name, None, str(path), queue, liveness, 1, worker)
 
     def _recover_holder(
         self, queue: str, holder_dir: Path, names: list[str], liveness: Liveness
     ) -> None:
-        self._forget_claims(str(holder_dir))
+        self._views.forget(str(holder_dir))
         holder = holder_dir.name
         key = HolderKey.parse(holder)
         for name in names:
@@ -488,7 +481,7 @@ class Reconciler:
         key: HolderKey | None,
         worker: str | None = None,
     ) -> None:
-        worker = worker or self._record(holder).get("worker")
+        worker = worker or self._views.record(holder).get("worker")
         outcome = recovery.recover_claim(
             self.tree, path, queue, holder, liveness, worker
         )
@@ -499,7 +492,7 @@ class Reconciler:
         self, queue: str, path: Path, holder: str, key: HolderKey | None
     ) -> None:
         outcome = recovery.finish_committed_route(self.tree, path, queue)
-        worker = self._record(holder).get("worker")
+        worker = self._views.record(holder).get("worker")
         self._log_outcome(outcome, queue, worker, key.pid if key else None, {})
 
     def _finish_old_routes(
@@ -565,61 +558,11 @@ class Reconciler:
         outcome = recovery.finish_recovering(self.tree, path)
         queue, holder, _ = path.name.split("~", 2)
         key = HolderKey.parse(holder)
-        worker = self._record(holder).get("worker")
+        worker = self._views.record(holder).get("worker")
         detail = {"reason": "finished after a daemon restart"}
         self._log_outcome(outcome, queue, worker, key.pid if key else None, detail)
 
     # -- holders --------------------------------------------------------
-
-    def _note_holder(
-        self,
-        name: str,
-        key: HolderKey | None,
-        where: str,
-        queue: str,
-        liveness: Liveness,
-        claims: int,
-        worker: str | None = None,
-    ) -> None:
-        """Record how many claims a holder has at ``where`` (its claim
-        directory, or the claim file of a reference-protocol worker)."""
-        view = self._holders.get(name)
-        if view is None:
-            record = self._record(name)
-            view = {
-                "key": name,
-                "worker": worker or record.get("worker"),
-                "stage": record.get("stage"),
-                "pid": key.pid if key else None,
-                "host": record.get("host"),
-                "held": {},
-            }
-            self._holders[name] = view
-        view["verdict"] = liveness.verdict.value
-        view["reason"] = liveness.reason
-        view["held"][where] = (queue, claims)
-
-    def _forget_claims(self, where: str) -> None:
-        """Forget the claims counted at ``where``, which is gone."""
-        for name, view in list(self._holders.items()):
-            if view["held"].pop(where, None) is not None and not view["held"]:
-                del self._holders[name]
-
-    def _record(self, holder: str) -> dict[str, Any]:
-        """Return the record of who a holder key belongs to, or {}."""
-        cached = self._records.get(holder)
-        if cached is not None:
-            return cached
-        try:
-            record = json.loads((self.tree.holders / f"{holder}.json").read_bytes())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(record, dict):
-            return {}
-        if len(self._records) > 10_000:
-            self._records.clear()
-        self._records[holder] = record
-        return record
 
     def _prune_holder_records(self) -> None:
         """Remove the records of local holders that are dead and hold no
@@ -638,7 +581,7 @@ class Reconciler:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 (self.tree.holders / name).unlink()
-            self._records.pop(str(key), None)
+            self._views.uncache(str(key))
 
     # -- helpers --------------------------------------------------------
 
