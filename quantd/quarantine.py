@@ -34,6 +34,7 @@ class Reason(enum.StrEnum):
     BAD_NAME = "bad_name"
     UNREADABLE = "unreadable"
     ROUTING_VIOLATION = "routing_violation"
+    DUPLICATE = "duplicate"
 
 
 def quarantine(

@@ -25,6 +25,7 @@ from quantd.filestore import COMMITTED_SUFFIX, DRAFT_SUFFIX, archive, finish_rou
 from quantd.holder import host_name
 from quantd.items import ItemStatus, format_time, parse_reference_claim, utc_now
 from quantd.liveness import Liveness
+from quantd.quarantine import Reason, quarantine
 from quantd.tree import Tree
 
 REFERENCE_HOLDER = "reference"
@@ -33,8 +34,8 @@ REFERENCE_HOLDER = "reference"
 @dataclass(frozen=True)
 class Outcome:
     """What a recovery did: ``requeued``, ``dead_lettered``, ``routed``
-    (a committed route was finished) or ``lost_race`` (the holder
-    finished first)."""
+    (a committed route was finished), ``quarantined`` (the same item was
+    already pending) or ``lost_race`` (the holder finished first)."""
 
     action: str
     item_id: str | None
@@ -138,8 +139,16 @@ def _move_back(
     try:
         fsutil.rename_noreplace(entry, directory / pending)
     except FileExistsError:
-        stem = pending.removesuffix(".json")
-        fsutil.rename_noreplace(entry, directory / f"{stem}.{os.getpid()}.json")
+        # The same item is already pending under this name, so this copy
+        # would be done twice; which copy is right cannot be told here.
+        quarantine(
+            tree,
+            entry,
+            Reason.DUPLICATE,
+            f"an item named {pending} is already pending in {queue}",
+            queue=queue,
+        )
+        return Outcome("quarantined", item_id, attempts)
     if tree.durable:
         fsutil.fsync_dir(directory)
         fsutil.fsync_dir(tree.recovering)

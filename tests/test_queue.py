@@ -615,3 +615,27 @@ def test_claim_quarantines_id_not_matching_name(tree: Tree) -> None:
     write_reference_item(tree.queue_dir("hypotheses"), "hyp-2", name="hyp-1.json")
     assert backtester(tree).claim() is None
     assert quarantined_reasons(tree) == ["invalid_item"]
+
+
+def test_recovery_quarantines_copy_already_pending(tree: Tree) -> None:
+    worker, item = _claimed(tree)
+    pending = tree.queue_dir(item.queue) / item.path.name
+    claimed_bytes = item.path.read_bytes()
+    pending.write_bytes(claimed_bytes)
+
+    outcome = recover_claim(
+        tree,
+        item.path,
+        item.queue,
+        item.path.parent.name,
+        Liveness(Verdict.DEAD, "pid_gone"),
+        worker.worker,
+    )
+
+    assert outcome.action == "quarantined"
+    assert pending.read_bytes() == claimed_bytes
+    [entry] = list(tree.quarantine.iterdir())
+    reason = json.loads((entry / "reason.json").read_text())
+    assert reason["reason"] == "duplicate"
+    assert json.loads((entry / "item").read_bytes())["id"] == item.id
+    assert not list(tree.recovering.iterdir())

@@ -548,6 +548,11 @@ class Reconciler:
         elif outcome.action == "routed":
             self._journal.count("routes_finished")
             self._journal.record("route_finished", **fields)
+        elif outcome.action == "quarantined":
+            self._journal.count("quarantined")
+            self._journal.record(
+                "item_quarantined", "warning", reason="duplicate", **fields
+            )
 
     def _finish_entry(self, path: Path) -> None:
         if not os.path.lexists(path):
