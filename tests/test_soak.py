@@ -413,3 +413,100 @@ def test_claim_quarantines_too_deep_item(tmp_path: Path) -> None:
         for entry in tree.quarantine.iterdir()
     ]
     assert reasons == ["too_deep"]
+
+
+CLAIM_AND_DIE_CODE = """
+import sys
+from quantd import Worker, open_tree
+worker = Worker(open_tree(sys.argv[1]), "converter-dies")
+worker.claim("to-convert")
+"""
+
+
+def claim_and_die(tree: Any) -> None:
+    """Let a worker claim the next item of to-convert and die right after
+    the claim's rename, before it reads the file."""
+    environment = {**os.environ, "QUANTD_FAULTS": "claim.after_rename"}
+    result = subprocess.run(
+        [sys.executable, "-c", CLAIM_AND_DIE_CODE, str(tree.root)],
+        env=environment,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def run_daemon_until_quiet(tree: Any, log_path: Path) -> int | None:
+    """Start the daemon, wait for its first sweep and for the recovering
+    directory to empty, stop it; return its exit code, None if it hung."""
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "quantd", "run", "--root", str(tree.root)],
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        try:
+            wait_until(
+                lambda: (
+                    b'"daemon_ready"' in log_path.read_bytes()
+                    and not os.listdir(tree.recovering)
+                ),
+                "the daemon's first sweep",
+                timeout_s=30,
+            )
+        except AssertionError:
+            return None
+        daemon.send_signal(signal.SIGTERM)
+        return daemon.wait(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(
+    strict=True,
+    reason="finish_recovering reads the recovered file with a blocking "
+    "open(), which never returns for a FIFO, so the daemon hangs",
+)
+def test_recovered_fifo_is_quarantined(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path / "tree")
+    name = pending_name("fifo-item", Priority.HIGH, utc_now())
+    os.mkfifo(tree.queue_dir("to-convert") / name)
+    claim_and_die(tree)
+    assert len(list(tree.claims_dir("to-convert").glob("*/*"))) == 1
+    code = run_daemon_until_quiet(tree, tmp_path / "daemon.log")
+    assert code == 0, (tmp_path / "daemon.log").read_text()
+    reasons = [
+        json.loads((entry / "reason.json").read_bytes())["reason"]
+        for entry in tree.quarantine.iterdir()
+    ]
+    assert reasons == ["special_file"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(
+    strict=True,
+    reason="finish_recovering follows a recovered symlink and writes the "
+    "target's document back as a regular item",
+)
+def test_recovered_symlink_is_quarantined(tmp_path: Path) -> None:
+    tree, _ = init_tree(tmp_path / "tree")
+    decoy = tmp_path / "decoy.json"
+    decoy_bytes = json.dumps({"id": "decoy", "payload": {"decoy": True}}).encode()
+    decoy.write_bytes(decoy_bytes)
+    name = pending_name("symlink-item", Priority.HIGH, utc_now())
+    link = tree.queue_dir("to-convert") / name
+    link.symlink_to(decoy)
+    claim_and_die(tree)
+    code = run_daemon_until_quiet(tree, tmp_path / "daemon.log")
+    assert code == 0, (tmp_path / "daemon.log").read_text()
+    assert decoy.read_bytes() == decoy_bytes
+    entries = list(tree.quarantine.iterdir())
+    assert len(entries) == 1
+    reason = json.loads((entries[0] / "reason.json").read_bytes())
+    assert reason["reason"] == "symlink"
+    assert os.readlink(entries[0] / "item") == str(decoy)
+    assert os.listdir(tree.queue_dir("to-convert")) == [".claims"]

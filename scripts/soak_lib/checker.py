@@ -531,10 +531,12 @@ def _compare(bad: Dropped, item: Path) -> str | None:
 
 
 def _find_name(tree: Tree, name: bytes) -> str:
+    """Return where files named ``name`` are, also under the longer names
+    that recovery and quarantine give them (``<queue>~<holder>~<name>``)."""
     found = []
-    for directory, _dirs, files in os.walk(os.fsencode(tree.root)):
-        for entry in [*files, *_dirs]:
-            if entry == name:
+    for directory, dirs, files in os.walk(os.fsencode(tree.root)):
+        for entry in [*files, *dirs]:
+            if entry == name or entry.endswith(b"~" + name):
                 found.append(os.fsdecode(os.path.join(directory, entry)))
     return ", ".join(found) or "nowhere"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ CHAOS_MEAN_INTERVAL_S = {
     "stop": 15.0,
     "bad_file": 1.5,
     "burst": 30.0,
+    "second_daemon": 20.0,
 }
 CHAOS_FIRST_AT_S = {
     "worker_kill": 1.0,
@@ -52,7 +54,14 @@ CHAOS_FIRST_AT_S = {
     "stop": 4.0,
     "bad_file": 1.0,
     "burst": 8.0,
+    "second_daemon": 6.0,
 }
+# A daemon that has not finished its first sweep this long after its
+# start hangs: sweeps of the soak's trees take a few seconds at most.
+DAEMON_READY_TIMEOUT_S = 60.0
+MAX_HUNG_REPORTS = 3
+# A second daemon on a tree whose lock is held must exit within this time.
+SECOND_DAEMON_EXIT_S = 15.0
 WORKER_FAULT_PROBABILITY = 0.4
 DAEMON_FAULT_PROBABILITY = 0.5
 BUG_FAULT_PROBABILITY = 0.8
@@ -110,8 +119,12 @@ class Soak:
         self.fault_cycles: dict[str, list[str]] = {}
         self.bad_kind_index = 0
         self.kill_daemon_at: float | None = None
-        self.kill_daemon_log_offset: int | None = None
+        self.kill_in_first_sweep = False
         self.kill_daemon_after_start = False
+        self.daemon_log_offset = 0
+        self.daemon_spawned_at = 0.0
+        self.daemon_ready = False
+        self.second_daemon: tuple[Proc, float] | None = None
         self.started = 0.0
         self.next_at: dict[str, float] = {}
         self.tree: Tree
@@ -187,14 +200,19 @@ class Soak:
         for stopped in list(self.stopped):
             self._judge_stop(stopped)
         self.kill_daemon_at = None
-        self.kill_daemon_log_offset = None
+        self.kill_in_first_sweep = False
         self.kill_daemon_after_start = False
+        while self.second_daemon is not None:
+            self._reap(time.monotonic())
+            self._check_second_daemon(time.monotonic())
+            time.sleep(TICK_S)
         drain_started = time.monotonic()
         deadline = drain_started + self.options.drain_timeout_s
         while time.monotonic() < deadline:
             now = time.monotonic()
             self._reap(now)
             self._maintain(now, chaos=False)
+            self._watch_daemon(now)
             done = len(self.researchers_done) >= self.options.workers_per_stage
             if done and is_empty(self.tree):
                 self.counts["drain_s"] = round(now - drain_started)
@@ -213,7 +231,10 @@ class Soak:
             proc.terminate()
         for proc in workers:
             code = proc.wait_stopped()
-            if code not in (0, -9) or (code == -9 and not proc.killed):
+            # A worker started just before the SIGTERM may not have its
+            # handler yet, and dies of the signal: that loses nothing.
+            clean = code in (0, -signal.SIGTERM) or (code == -9 and proc.killed)
+            if not clean:
                 self._violate(
                     "worker_stop",
                     [proc.name],
@@ -236,6 +257,8 @@ class Soak:
         procs = list(self.workers.values())
         if self.daemon is not None:
             procs.append(self.daemon)
+        if self.second_daemon is not None:
+            procs.append(self.second_daemon[0])
         for proc in procs:
             if proc.alive():
                 proc.kill()
@@ -256,6 +279,17 @@ class Soak:
                 self._classify_exit(self.daemon, code)
                 self.daemon = None
                 self.daemon_restart_at = now + self._daemon_down_s()
+                self._drop_second_daemon()
+
+    def _drop_second_daemon(self) -> None:
+        """Kill a pending second daemon once the first died, because it
+        may have taken the free lock: it is no longer a second one."""
+        if self.second_daemon is not None:
+            proc, _ = self.second_daemon
+            self.second_daemon = None
+            proc.kill()
+            proc.popen.wait()
+            self.counts["second_daemons_unjudged"] += 1
 
     def _classify_exit(self, proc: Proc, code: int) -> None:
         if proc.killed:
@@ -383,23 +417,24 @@ class Soak:
             self.counts[f"daemon_fault_armed:{step}"] += 1
         name = f"daemon-g{next(self.generation)}"
         argv = ["-m", "quantd", "run", "--root", str(self.run_dir.tree_root)]
+        log_path = self.run_dir.logs / "daemon.log"
+        self.daemon_log_offset = log_path.stat().st_size if log_path.exists() else 0
+        self.daemon_spawned_at = time.monotonic()
+        self.daemon_ready = False
         self.daemon = spawn(
-            name,
-            "daemon",
-            0,
-            argv,
-            faults=faults,
-            stderr_path=self.run_dir.logs / "daemon.log",
+            name, "daemon", 0, argv, faults=faults, stderr_path=log_path
         )
         self.counts["starts_daemon"] += 1
         if chaos and self.kill_daemon_after_start:
             self.kill_daemon_after_start = False
-            self.kill_daemon_log_offset = self.daemon.stderr_path.stat().st_size
+            self.kill_in_first_sweep = True
 
     # -- chaos ----------------------------------------------------------------
 
     def _chaos(self, now: float) -> None:
+        self._watch_daemon(now)
         self._check_stops(now)
+        self._check_second_daemon(now)
         self._armed_daemon_kills(now)
         for kind, due in self.next_at.items():
             if now < due:
@@ -419,6 +454,8 @@ class Soak:
 
     def _chaos_daemon_kill(self, now: float) -> bool:
         if self.daemon is None or not self.daemon.alive() or self.daemon.stopped:
+            return False
+        if self.second_daemon is not None:
             return False
         mode = self.rng.choice(["now", "startup", "status"])
         if mode == "now":
@@ -446,20 +483,43 @@ class Soak:
     def _armed_daemon_kills(self, now: float) -> None:
         if self.daemon is None or self.daemon.stopped:
             return
-        if self.kill_daemon_log_offset is not None and self._daemon_started():
-            self.kill_daemon_log_offset = None
+        if self.kill_in_first_sweep and self._daemon_logged("daemon_started"):
+            self.kill_in_first_sweep = False
             self.kill_daemon_at = now + self.rng.uniform(0.0, 0.3)
         if self.kill_daemon_at is not None and now >= self.kill_daemon_at:
             self.kill_daemon_at = None
             self._kill_daemon("daemon_kills_startup_sweep")
 
-    def _daemon_started(self) -> bool:
-        """Return whether the current daemon logged its start, which comes
-        just before its first sweep of the tree."""
-        assert self.daemon is not None and self.kill_daemon_log_offset is not None
+    def _daemon_logged(self, event: str) -> bool:
+        """Return whether the current daemon logged ``event``.
+        ``daemon_started`` comes just before its first sweep of the tree,
+        ``daemon_ready`` right after it."""
+        assert self.daemon is not None
         with open(self.daemon.stderr_path, "rb") as log:
-            log.seek(self.kill_daemon_log_offset)
-            return b'"daemon_started"' in log.read()
+            log.seek(self.daemon_log_offset)
+            return f'"{event}"'.encode() in log.read()
+
+    def _watch_daemon(self, now: float) -> None:
+        """Report and kill a daemon that does not finish its first sweep:
+        it supervises nothing while it hangs."""
+        daemon = self.daemon
+        if daemon is None or self.daemon_ready or not daemon.alive():
+            return
+        if self._daemon_logged("daemon_ready"):
+            self.daemon_ready = True
+            return
+        if now - self.daemon_spawned_at < DAEMON_READY_TIMEOUT_S or daemon.stopped:
+            return
+        self.counts["daemons_hung"] += 1
+        if self.counts["daemons_hung"] <= MAX_HUNG_REPORTS:
+            self._violate(
+                "daemon_hung",
+                [daemon.name],
+                f"daemon pid {daemon.pid} did not log daemon_ready within "
+                f"{DAEMON_READY_TIMEOUT_S:.0f} s of its start; log tail:\n"
+                f"{daemon.stderr_tail(5)}",
+            )
+        self._kill_daemon("daemon_kills_hung")
 
     def _kill_daemon(self, counter: str) -> None:
         if self.daemon is not None and self.daemon.alive():
@@ -537,6 +597,56 @@ class Soak:
         self.dropped.append(dropped)
         self.run_dir.record_dropped(dropped)
         self.counts[f"bad_file:{kind}"] += 1
+
+    def _chaos_second_daemon(self, now: float) -> bool:
+        """Start a second daemon on the tree while the first holds the
+        daemon lock: it must exit with an error and change nothing."""
+        daemon = self.daemon
+        if daemon is None or not daemon.alive() or daemon.stopped:
+            return False
+        # A daemon that may die any moment could hand its lock over.
+        if daemon.faults or self.kill_daemon_at or self.kill_in_first_sweep:
+            return False
+        # Before its start is logged, the daemon may not hold the lock yet.
+        if not self.daemon_ready:
+            return False
+        argv = ["-m", "quantd", "run", "--root", str(self.run_dir.tree_root)]
+        proc = spawn(
+            f"daemon-second-g{next(self.generation)}",
+            "second_daemon",
+            0,
+            argv,
+            faults=None,
+            stderr_path=self.run_dir.logs / "second-daemon.log",
+        )
+        self.second_daemon = (proc, now + SECOND_DAEMON_EXIT_S)
+        self.counts["second_daemons"] += 1
+        return True
+
+    def _check_second_daemon(self, now: float) -> None:
+        if self.second_daemon is None:
+            return
+        proc, deadline = self.second_daemon
+        code = proc.popen.poll()
+        if code is None and now < deadline:
+            return
+        self.second_daemon = None
+        if code is None:
+            proc.kill()
+            proc.popen.wait()
+            self._violate(
+                "two_daemons",
+                [proc.name],
+                f"a second daemon ran for {SECOND_DAEMON_EXIT_S:.0f} s on a tree "
+                "whose daemon lock was held",
+            )
+        elif code != 1 or "already supervises" not in proc.stderr_tail():
+            self._violate(
+                "second_daemon_exit",
+                [proc.name],
+                f"a second daemon exited with {code}, not with 1 and the lock "
+                f"holder's pid: {proc.stderr_tail()}",
+            )
 
     def _chaos_burst(self, now: float) -> bool:
         """Overflow the daemon's inotify queue: stop the daemon, make more
