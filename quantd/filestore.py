@@ -6,22 +6,20 @@ Every state change is one rename inside the tree:
 * claim: rename ``<queue>/<name>`` to ``<queue>/.claims/<holder>/<name>``.
   The holder directory's name records the claiming process, so the claim
   and the record of who holds it appear in one step.
-* complete and fail: rename the claim into an archive, then rewrite the
-  archived document with its outcome.
+* complete and fail: swap the document with its outcome into the claim,
+  then rename the claim into an archive (:func:`quantd.transitions.archive`).
 * route: write the successor as a draft ``<name>.next`` beside the claim,
   commit by renaming the claim to ``<name>.routed``, push the draft, then
   archive the committed claim. The commit rename either wins against a
   concurrent recovery or raises :class:`ClaimLost`; after it, anyone can
-  finish the route (:func:`finish_route`) and the draft is pushed once.
+  finish the route (:func:`quantd.transitions.finish_route`) and the draft
+  is pushed once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +32,7 @@ from quantd import faults, fsutil
 from quantd.config import Stage
 from quantd.errors import ClaimLost, InvalidItem, QuantdError, RoutingError
 from quantd.holder import HolderKey, host_name
+from quantd.itemfile import BadFile, read_item_file
 from quantd.items import (
     Item,
     ItemStatus,
@@ -43,17 +42,21 @@ from quantd.items import (
     key_from_document,
     new_id,
     parse_pending_name,
-    parse_time,
-    pending_name,
     utc_now,
-    validate_document,
 )
 from quantd.quarantine import Reason, quarantine
+from quantd.transitions import (
+    COMMITTED_SUFFIX,
+    DRAFT_SUFFIX,
+    archive,
+    encode,
+    finish_route,
+    publish,
+    unlink_quietly,
+)
 from quantd.tree import CLAIMS_DIR, Tree
 from quantd.waiting import DirectoryWaiter
 
-DRAFT_SUFFIX = ".next"
-COMMITTED_SUFFIX = ".routed"
 # A listing of a queue is reused while the directory is unchanged. When
 # other processes change it, it is listed again, but at most this often,
 # so that concurrent claimers do not each list a large queue per claim.
@@ -97,73 +100,6 @@ class _Listing:
     listed_at: float = 0.0
     cost_s: float = 0.0
     stale: bool = True
-
-
-def read_item_file(path: Path, max_bytes: int) -> dict[str, Any]:
-    """Read and validate one item file without following symlinks.
-
-    Raises :class:`BadFile` naming the quarantine reason.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise BadFile(Reason.SYMLINK, "symbolic links are not items") from None
-        if error.errno in (errno.EACCES, errno.EPERM):
-            raise BadFile(Reason.UNREADABLE, f"cannot read: {error}") from None
-        # open(2) of a Unix socket fails with ENXIO.
-        if error.errno in (errno.ENXIO, errno.ENODEV):
-            raise BadFile(Reason.SPECIAL_FILE, "only regular files are items") from None
-        raise
-    try:
-        return _read_open_file(fd, max_bytes)
-    finally:
-        os.close(fd)
-
-
-def _read_open_file(fd: int, max_bytes: int) -> dict[str, Any]:
-    info = os.fstat(fd)
-    if stat.S_ISDIR(info.st_mode):
-        raise BadFile(Reason.DIRECTORY, "directories are not items")
-    if not stat.S_ISREG(info.st_mode):
-        raise BadFile(Reason.SPECIAL_FILE, "only regular files are items")
-    if info.st_nlink > 1:
-        raise BadFile(
-            Reason.HARD_LINK,
-            f"the file has {info.st_nlink} names; another name could change it",
-        )
-    if info.st_size > max_bytes:
-        raise BadFile(
-            Reason.TOO_LARGE,
-            f"{info.st_size} bytes; the limit daemon.max_item_bytes is {max_bytes}",
-        )
-    data = os.read(fd, max_bytes + 1)
-    while len(data) < info.st_size and len(data) <= max_bytes:
-        chunk = os.read(fd, max_bytes + 1 - len(data))
-        if not chunk:
-            break
-        data += chunk
-    if not data:
-        raise BadFile(Reason.EMPTY_FILE, "the file is empty")
-    try:
-        doc = json.loads(data)
-    except RecursionError:
-        raise BadFile(Reason.TOO_DEEP, "JSON nested too deeply") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadFile(Reason.INVALID_JSON, f"invalid JSON: {error}") from None
-    try:
-        return validate_document(doc)
-    except InvalidItem as error:
-        raise BadFile(Reason.INVALID_ITEM, str(error)) from None
-
-
-class BadFile(Exception):
-    """A file in a queue is not a valid item."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class FileStore:
@@ -466,13 +402,13 @@ class FileStore:
         stem = item.path.name[: -len(".json")]
         draft = holder_dir / (stem + DRAFT_SUFFIX)
         fsutil.replace_file(
-            self.tree.tmp, draft, _encode(successor), durable=self.tree.durable
+            self.tree.tmp, draft, encode(successor), durable=self.tree.durable
         )
         faults.point("route.after_draft")
         try:
             os.rename(item.path, holder_dir / (stem + COMMITTED_SUFFIX))
         except FileNotFoundError:
-            _unlink_quietly(draft)
+            unlink_quietly(draft)
             raise claim_lost(item, holder) from None
         faults.point("route.after_commit")
         if self.tree.durable:
@@ -547,174 +483,6 @@ def new_document(
     }
 
 
-def publish(tree: Tree, doc: dict[str, Any], queue: str, *, prefix: str) -> Path:
-    """Write a pending item into ``queue``: temp file, then one rename."""
-    directory = tree.queue_dir(queue)
-    created = parse_time(str(doc["created_at"]))
-    name = pending_name(str(doc["id"]), Priority(doc["priority"]), created)
-    temp = fsutil.write_temp(tree.tmp, _encode(doc), durable=tree.durable)
-    faults.point(f"{prefix}.after_write")
-    try:
-        fsutil.rename_noreplace(temp, directory / name)
-    except BaseException:
-        _unlink_quietly(temp)
-        raise
-    faults.point(f"{prefix}.after_rename")
-    if tree.durable:
-        fsutil.fsync_dir(directory)
-    return directory / name
-
-
-def _encode(doc: Mapping[str, Any]) -> bytes:
-    try:
-        return fsutil.dump_json(doc)
-    except (TypeError, ValueError) as error:
-        raise InvalidItem(
-            f"invalid item {doc.get('id')!r}: not JSON-serialisable: {error}; "
-            "payloads may hold only dicts, lists, strings, numbers, booleans "
-            "and None"
-        ) from None
-
-
-def finish_route(tree: Tree, holder_dir: Path, stem: str, queue: str) -> None:
-    """Push a committed route's successor and archive its claim.
-
-    Idempotent: each step is a rename that either happened or not, so the
-    worker and a recovering daemon can both call it; the successor is
-    pushed exactly once.
-    """
-    draft = holder_dir / (stem + DRAFT_SUFFIX)
-    committed = holder_dir / (stem + COMMITTED_SUFFIX)
-    successor_id: str | None = None
-    target: str | None = None
-    try:
-        doc = json.loads(draft.read_bytes())
-        successor_id, target = str(doc["id"]), str(doc["history"][-1]["to"])
-        directory = tree.queue_dir(target)
-        created = parse_time(str(doc["created_at"]))
-        name = pending_name(successor_id, Priority(doc["priority"]), created)
-        fsutil.rename_noreplace(draft, directory / name)
-        faults.point("route.after_push")
-        if tree.durable:
-            fsutil.fsync_dir(directory)
-    except FileNotFoundError:
-        # NOTE: when an earlier call pushed the draft and died before
-        # archiving, the archived parent gets no routed_to or
-        # successor_id; the successor still records its parent_id.
-        pass
-    hop = {"event": "archived_after_route", "at": format_time(utc_now())}
-
-    def update(archived: dict[str, Any]) -> None:
-        archived["status"] = ItemStatus.ROUTED.value
-        archived["finished_at"] = hop["at"]
-        if target is not None:
-            archived["routed_to"] = target
-            archived["successor_id"] = successor_id
-
-    with contextlib.suppress(ClaimLost):
-        archive(tree, committed, "completed", None, update)
-
-
-def archive(
-    tree: Tree,
-    source: Path,
-    archive_name: str,
-    doc: dict[str, Any] | None,
-    update: Callable[[dict[str, Any]], None],
-) -> Path:
-    """Record a claim's outcome with ``update``, then move it into an
-    archive.
-
-    The move is the commit: if ``source`` is gone, the claim was lost and
-    ClaimLost is raised. The outcome is swapped into ``source`` first, in
-    one atomic exchange that also fails if the claim is gone, so the
-    archived document always contains its outcome. A claim whose holder
-    dies between the exchange and the move is not archived: recovery
-    returns it to pending with the outcome's hop left in its history.
-    Where the exchange is not supported, the archived file is rewritten
-    after the move instead, and a crash in between leaves the original
-    document in the archive.
-    """
-    directory = tree.archive_dir(archive_name)
-    item_id = _archive_id(source, doc)
-    recorded = _record_outcome(tree, source, archive_name, doc, update)
-    target = directory / f"{item_id}.json"
-    while True:
-        try:
-            fsutil.rename_noreplace(source, target)
-            break
-        except FileExistsError:
-            target = directory / f"{item_id}.{secrets.token_hex(4)}.json"
-        except FileNotFoundError:
-            raise _gone(source) from None
-    faults.point(f"{archive_name}.after_rename")
-    if tree.durable:
-        fsutil.fsync_dir(source.parent)
-        fsutil.fsync_dir(directory)
-    if recorded:
-        return target
-    # NOTE: this fallback runs only without RENAME_EXCHANGE (not Linux, or
-    # a file system such as NFS), and no test in this repository reaches it.
-    if doc is None:
-        try:
-            doc = json.loads(target.read_bytes())
-        except (OSError, ValueError):
-            return target
-    updated = dict(doc)
-    update(updated)
-    fsutil.replace_file(tree.tmp, target, _encode(updated), durable=tree.durable)
-    return target
-
-
-def _record_outcome(
-    tree: Tree,
-    source: Path,
-    archive_name: str,
-    doc: dict[str, Any] | None,
-    update: Callable[[dict[str, Any]], None],
-) -> bool:
-    """Swap the updated document into ``source``; return whether it was.
-
-    A write that fails (a full disk, say) raises before anything changed,
-    so the claim is still held and the caller can retry.
-    """
-    if doc is None:
-        try:
-            doc = json.loads(source.read_bytes())
-        except FileNotFoundError:
-            raise _gone(source) from None
-        except (OSError, ValueError):
-            return False
-    updated = dict(doc)
-    update(updated)
-    temp = fsutil.write_temp(tree.tmp, _encode(updated), durable=tree.durable)
-    try:
-        swapped = fsutil.exchange(temp, source)
-    except FileNotFoundError:
-        raise _gone(source) from None
-    finally:
-        _unlink_quietly(temp)
-    if swapped:
-        faults.point(f"{archive_name}.after_record")
-    return swapped
-
-
-def _gone(source: Path) -> ClaimLost:
-    return ClaimLost(
-        f"claim {source} is gone: it was recovered as stale or "
-        "finished by another process; do not repeat its side effects"
-    )
-
-
-def _archive_id(source: Path, doc: Mapping[str, Any] | None) -> str:
-    if doc is not None:
-        return str(doc["id"])
-    name = source.name
-    for suffix in (COMMITTED_SUFFIX, ".json"):
-        name = name.removesuffix(suffix)
-    return name.rpartition("~")[2].partition(".claimed-")[0]
-
-
 def claim_lost(item: Item, holder: Holder) -> ClaimLost:
     return ClaimLost(
         f"worker {holder.worker!r} no longer holds item {item.id!r} from queue "
@@ -753,8 +521,3 @@ def _stage_name(holder: Holder) -> str | None:
 
 def _mtime_ns(path: Path) -> int:
     return os.stat(path).st_mtime_ns
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()

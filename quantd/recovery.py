@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from quantd import faults, fsutil
-from quantd.filestore import COMMITTED_SUFFIX, DRAFT_SUFFIX, archive, finish_route
 from quantd.holder import host_name
 from quantd.items import ItemStatus, format_time, parse_reference_claim, utc_now
 from quantd.liveness import Liveness
 from quantd.quarantine import Reason, quarantine
+from quantd.transitions import COMMITTED_SUFFIX, DRAFT_SUFFIX, archive, finish_route
 from quantd.tree import Tree
 
 REFERENCE_HOLDER = "reference"

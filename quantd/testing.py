@@ -30,7 +30,7 @@ from typing import Any
 import tomli_w
 
 from quantd.config import CONFIG_ENV, ROOT_ENV
-from quantd.filestore import new_document, publish
+from quantd.filestore import new_document
 from quantd.holder import host_name
 from quantd.items import (
     Priority,
@@ -39,6 +39,7 @@ from quantd.items import (
     parse_pending_name,
     utc_now,
 )
+from quantd.transitions import publish
 from quantd.tree import CLAIMS_DIR, Tree, init_tree, open_tree
 from quantd.worker import STAGE_ENV, WORKER_ENV, Worker
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from quantd.config import Stage
 from quantd.errors import ClaimLost, ConfigError, QuantdError
-from quantd.filestore import FileStore, Holder, read_item_file
+from quantd.filestore import FileStore, Holder
 from quantd.holder import HolderKey
+from quantd.itemfile import read_item_file
 from quantd.items import (
     Item,
     ItemStatus,

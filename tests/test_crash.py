@@ -19,7 +19,6 @@ from conftest import ProcessGroup, finish
 
 from quantd import Tree, Worker
 from quantd.faults import FAULTS_ENV
-from quantd.filestore import COMMITTED_SUFFIX, DRAFT_SUFFIX, finish_route
 from quantd.holder import HolderKey
 from quantd.liveness import Liveness, Verdict, check_process
 from quantd.recovery import (
@@ -27,6 +26,7 @@ from quantd.recovery import (
     finish_recovering,
     recover_claim,
 )
+from quantd.transitions import COMMITTED_SUFFIX, DRAFT_SUFFIX, finish_route
 from quantd.tree import CLAIMS_DIR
 
 # Runs one operation in a fresh process. argv: root, operation.

@@ -26,8 +26,8 @@ from quantd.daemon.checks import nested_deeper_than
 from quantd.daemon.holders import HolderRegistry
 from quantd.daemon.journal import Journal
 from quantd.daemon.reconcile import Reconciler
-from quantd.filestore import COMMITTED_SUFFIX, DRAFT_SUFFIX
 from quantd.holder import HolderKey, machine_id, process_start
+from quantd.transitions import COMMITTED_SUFFIX, DRAFT_SUFFIX
 from quantd.tree import CLAIMS_DIR, Tree
 
 LATER_S = 3600.0

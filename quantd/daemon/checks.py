@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from quantd.config import Config, DaemonSettings
-from quantd.filestore import BadFile, read_item_file
+from quantd.itemfile import BadFile, read_item_file
 from quantd.quarantine import Reason
 
 # Reasons that a file still being written shows until it is complete.

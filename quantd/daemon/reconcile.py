@@ -37,15 +37,12 @@ from quantd.daemon.checks import (
 )
 from quantd.daemon.holders import HolderRegistry, HolderViews
 from quantd.daemon.journal import Journal
-from quantd.filestore import (
-    COMMITTED_SUFFIX,
-    DRAFT_SUFFIX,
-)
 from quantd.holder import HolderKey
 from quantd.items import parse_pending_name, parse_reference_claim
 from quantd.liveness import Liveness, Verdict, check_lease, last_heartbeat
 from quantd.quarantine import Reason, quarantine
 from quantd.recovery import REFERENCE_HOLDER, Outcome
+from quantd.transitions import COMMITTED_SUFFIX, DRAFT_SUFFIX
 from quantd.tree import CLAIMS_DIR, Tree
 
 # A committed route is finished by its worker within milliseconds; the

@@ -27,8 +27,8 @@ import structlog
 from quantd import __version__, fsutil
 from quantd.daemon.status_view import DaemonState, render_status
 from quantd.errors import QuantdError
-from quantd.filestore import BadFile, read_item_file
 from quantd.holder import HolderKey, host_name
+from quantd.itemfile import BadFile, read_item_file
 from quantd.items import (
     Priority,
     SortKey,
