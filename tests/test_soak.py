@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from quantd import Worker, init_tree
-from quantd.filestore import new_document, publish
+from quantd.filestore import new_document
 from quantd.items import Priority, pending_name, utc_now
+from quantd.transitions import publish
 
 REPO = Path(__file__).resolve().parent.parent
 SOAK = REPO / "scripts" / "soak"

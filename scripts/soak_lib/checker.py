@@ -196,12 +196,13 @@ def _check_places(report: Report, by_id: dict[str, list[Found]]) -> None:
             )
 
 
+def _is_terminal(place: str) -> bool:
+    return place in ("completed", "failed") or place.startswith("output:")
+
+
 def _check_leftovers(report: Report, scan: Scan) -> None:
     for found in scan.items:
-        terminal = found.place in ("completed", "failed") or found.place.startswith(
-            "output:"
-        )
-        if not terminal:
+        if not _is_terminal(found.place):
             report.violate(
                 "stuck",
                 [found.id, found.root_id],
@@ -284,7 +285,8 @@ def _walk_lineage(
                 "lineage but has a successor",
             )
             return
-        if current.place != "completed":
+        # An item still claimed or pending is reported as stuck.
+        if current.place != "completed" and _is_terminal(current.place):
             report.violate(
                 "misplaced",
                 [root.id, current.id],
@@ -303,6 +305,8 @@ def _check_leaf(
     max_attempts: int,
 ) -> None:
     ids = [root.id, leaf.id]
+    if not _is_terminal(leaf.place):
+        return
     if leaf.place == "failed" and _is_dead_letter(leaf, max_attempts):
         return
     if depth == len(path):

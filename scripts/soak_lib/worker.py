@@ -22,8 +22,9 @@ from types import FrameType
 from typing import Any, TextIO
 
 from quantd import ClaimLost, Item, Worker, faults, open_tree
-from quantd.filestore import new_document, publish
+from quantd.filestore import new_document
 from quantd.items import Priority, format_time, utc_now
+from quantd.transitions import publish
 from soak_lib import plan
 
 BUG_ARCHIVE_BEFORE_ROUTE = "archive-before-route"
