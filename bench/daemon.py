@@ -1,11 +1,12 @@
 """Recovery latency and the daemon's footprint, with ``quantd run``.
 
 * Recovery: a worker process (``bench.holder``) claims an item and holds
-  it; once status.json counts the claim, the worker is SIGKILLed and the
-  clock runs until the item's file is pending again in its queue. Measured
-  with only that claim live, and with 1,000 more claims held by 4 other
-  live workers. The run then claims the recovered item itself and checks
-  that it is the killed worker's item with one attempt counted.
+  it. Once status.json counts the claim and lists the worker as a live
+  holder, the worker is SIGKILLed and the clock runs until the item's file
+  is pending again in its queue. Measured with only that claim live, and
+  with 1,000 more claims held by 4 other live workers. The run then
+  claims the recovered item itself and checks that it is the killed
+  worker's item with one attempt counted.
 * status.json lag: from a push until status.json counts the new item.
 * Footprint (full mode only): the daemon on a tree of 100,000 pending items
   and 1,000 live claims. Start-up reconcile is the time between its
@@ -237,7 +238,8 @@ def _recover_one(
     try:
         victim.wait_ready()
         claim = victim.claims[0]
-        _wait_status(tree, lambda status: _claimed(status) >= live + 1)
+        pid = victim.process.pid
+        _wait_status(tree, lambda status: _watches(status, pid, live + 1))
         pending = tree.queue_dir(QUEUE) / claim.name
         killed_at = time.monotonic()
         victim.process.send_signal(signal.SIGKILL)
@@ -369,8 +371,13 @@ def _read_status(tree: quantd.Tree) -> dict[str, Any]:
     return document
 
 
-def _claimed(status: dict[str, Any]) -> int:
-    return int(status.get("queues", {}).get(QUEUE, {}).get("claimed", -1))
+def _watches(status: dict[str, Any], pid: int, claims: int) -> bool:
+    """Whether status.json counts ``claims`` claims and lists the process
+    ``pid`` as a live holder, so the daemon already watches it."""
+    claimed = int(status.get("queues", {}).get(QUEUE, {}).get("claimed", -1))
+    holders = status.get("holders") or []
+    alive = any(h.get("pid") == pid and h.get("verdict") == "alive" for h in holders)
+    return claimed >= claims and alive
 
 
 def _pending(status: dict[str, Any]) -> int:
