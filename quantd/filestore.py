@@ -144,12 +144,9 @@ class FileStore:
         try:
             publish(self.tree, doc, queue, prefix="push")
         except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise QuantdError(
-                f"push into {queue!r} failed: {error.strerror} in tree "
-                f"{self.tree.root}; free space on its file system and push again"
-            ) from error
+            if error.errno in _DISK_FULL:
+                raise _disk_full(error, self.tree, f"push into {queue!r}") from error
+            raise
         return str(doc["id"])
 
     # -- claim --------------------------------------------------------
@@ -215,7 +212,10 @@ class FileStore:
             fsutil.fsync_dir(queue_dir)
             fsutil.fsync_dir(holder_dir)
         try:
-            doc = read_item_file(target, self.tree.config.daemon.max_item_bytes)
+            settings = self.tree.config.daemon
+            doc = read_item_file(
+                target, settings.max_item_bytes, max_depth=settings.max_json_depth
+            )
         except BadFile as error:
             quarantine(self.tree, target, error.reason, error.detail, queue=queue)
             return None
@@ -401,9 +401,15 @@ class FileStore:
         successor["root_id"] = item.root_id
         stem = item.path.name[: -len(".json")]
         draft = holder_dir / (stem + DRAFT_SUFFIX)
-        fsutil.replace_file(
-            self.tree.tmp, draft, encode(successor), durable=self.tree.durable
-        )
+        try:
+            fsutil.replace_file(
+                self.tree.tmp, draft, encode(successor), durable=self.tree.durable
+            )
+        except OSError as error:
+            if error.errno in _DISK_FULL:
+                action = f"route of item {item.id!r}"
+                raise _disk_full(error, self.tree, action) from error
+            raise
         faults.point("route.after_draft")
         try:
             os.rename(item.path, holder_dir / (stem + COMMITTED_SUFFIX))
@@ -413,7 +419,17 @@ class FileStore:
         faults.point("route.after_commit")
         if self.tree.durable:
             fsutil.fsync_dir(holder_dir)
-        finish_route(self.tree, holder_dir, stem, item.queue)
+        try:
+            finish_route(self.tree, holder_dir, stem, item.queue)
+        except OSError as error:
+            if error.errno not in _DISK_FULL:
+                raise
+            raise QuantdError(
+                f"route of item {item.id!r} was committed, but pushing its "
+                f"successor {successor['id']!r} failed: {error.strerror} in tree "
+                f"{self.tree.root}; do not route it again: the daemon's next "
+                "sweep, or quantd.transitions.finish_route, pushes it exactly once"
+            ) from error
         return str(successor["id"])
 
     # -- heartbeat ----------------------------------------------------
@@ -432,6 +448,17 @@ class FileStore:
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(error: OSError, tree: Tree, action: str) -> QuantdError:
+    """Describe a full file system as a QuantdError saying nothing changed."""
+    return QuantdError(
+        f"{action} failed: {error.strerror} in tree {tree.root}; nothing "
+        "changed, so free space on its file system and try again"
+    )
 
 
 def check_edge(tree: Tree, stage: Stage | None, target: str, worker: str) -> None:

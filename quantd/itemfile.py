@@ -15,10 +15,15 @@ from quantd.errors import InvalidItem
 from quantd.items import validate_document
 from quantd.quarantine import Reason
 
+_CONTAINERS = (dict, list)
 
-def read_item_file(path: Path, max_bytes: int) -> dict[str, Any]:
+
+def read_item_file(
+    path: Path, max_bytes: int, *, max_depth: int | None = None
+) -> dict[str, Any]:
     """Read and validate one item file without following symlinks.
 
+    With ``max_depth``, JSON nested deeper than that is rejected too.
     Raises :class:`BadFile` naming the quarantine reason.
     """
     try:
@@ -33,9 +38,15 @@ def read_item_file(path: Path, max_bytes: int) -> dict[str, Any]:
             raise BadFile(Reason.SPECIAL_FILE, "only regular files are items") from None
         raise
     try:
-        return _read_open_file(fd, max_bytes)
+        doc = _read_open_file(fd, max_bytes)
     finally:
         os.close(fd)
+    if max_depth is not None and nested_deeper_than(doc, max_depth):
+        raise BadFile(
+            Reason.TOO_DEEP,
+            f"JSON nested deeper than the limit daemon.max_json_depth ({max_depth})",
+        )
+    return doc
 
 
 def _read_open_file(fd: int, max_bytes: int) -> dict[str, Any]:
@@ -81,3 +92,20 @@ class BadFile(Exception):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def nested_deeper_than(document: Any, limit: int) -> bool:
+    """Return whether JSON containers nest more than ``limit`` levels deep in
+    ``document`` (``{}`` is one level), walking one level at a time."""
+    level = [document] if type(document) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for value in level:
+            children = value.values() if type(value) is dict else value
+            below += [child for child in children if type(child) in _CONTAINERS]
+        level = below
+    return False

@@ -14,7 +14,6 @@ so a restarted daemon can finish a recovery that a crash interrupted
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from quantd import faults, fsutil
 from quantd.holder import host_name
+from quantd.itemfile import BadFile, read_item_file
 from quantd.items import ItemStatus, format_time, parse_reference_claim, utc_now
 from quantd.liveness import Liveness
 from quantd.quarantine import Reason, quarantine
@@ -40,6 +40,7 @@ class Outcome:
     action: str
     item_id: str | None
     attempts: int = 0
+    reason: str | None = None
 
 
 def recover_claim(
@@ -81,16 +82,19 @@ def finish_recovering(
     """Finish one entry of ``.quantd/recovering/``: record the recovery in
     the document, then move it back to pending or to ``failed``."""
     queue, holder, pending = entry.name.split("~", 2)
+    settings = tree.config.daemon
     try:
-        doc = json.loads(entry.read_bytes())
+        doc = read_item_file(
+            entry, settings.max_item_bytes, max_depth=settings.max_json_depth
+        )
     except FileNotFoundError:
         return Outcome("lost_race", None)
-    except (OSError, ValueError):
-        doc = None
-    if not isinstance(doc, dict):
-        # Not an item: it cannot go back to pending; return it untouched
-        # for the daemon's checks to quarantine with a reason.
-        return _move_back(tree, entry, queue, pending, None, 0)
+    except BadFile as error:
+        # A claimed file that is not an item (a FIFO, a symlink, bad JSON)
+        # must not go back to pending, and is never opened for a blocking
+        # read or followed.
+        quarantine(tree, entry, error.reason, error.detail, queue=queue)
+        return Outcome("quarantined", None, reason=error.reason.value)
     marker = f"{queue}/{holder}/{pending}"
     history = doc.get("history") or []
     done = bool(history) and history[-1].get("claim") == marker
@@ -148,7 +152,7 @@ def _move_back(
             f"an item named {pending} is already pending in {queue}",
             queue=queue,
         )
-        return Outcome("quarantined", item_id, attempts)
+        return Outcome("quarantined", item_id, attempts, Reason.DUPLICATE.value)
     if tree.durable:
         fsutil.fsync_dir(directory)
         fsutil.fsync_dir(tree.recovering)

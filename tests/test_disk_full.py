@@ -191,10 +191,6 @@ def test_route_on_full_disk_keeps_claim(small_tree: Tree, filler: Filler) -> Non
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="route lets OSError ENOSPC out as it is, not as a QuantdError",
-)
 def test_route_on_full_disk_raises_quantd_error(
     small_tree: Tree, filler: Filler
 ) -> None:

@@ -395,11 +395,6 @@ def test_fail_killed_after_rename_keeps_reason(tmp_path: Path) -> None:
     assert archived["last_error"] == "rejected by the test"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a claim does not check daemon.max_json_depth: only the daemon's "
-    "sweep quarantines a too-deep item, when it gets there first",
-)
 def test_claim_quarantines_too_deep_item(tmp_path: Path) -> None:
     tree, _ = init_tree(tmp_path / "tree")
     depth = tree.config.daemon.max_json_depth + 16
@@ -467,11 +462,6 @@ def run_daemon_until_quiet(tree: Any, log_path: Path) -> int | None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="finish_recovering reads the recovered file with a blocking "
-    "open(), which never returns for a FIFO, so the daemon hangs",
-)
 def test_recovered_fifo_is_quarantined(tmp_path: Path) -> None:
     tree, _ = init_tree(tmp_path / "tree")
     name = pending_name("fifo-item", Priority.HIGH, utc_now())
@@ -488,11 +478,6 @@ def test_recovered_fifo_is_quarantined(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="finish_recovering follows a recovered symlink and writes the "
-    "target's document back as a regular item",
-)
 def test_recovered_symlink_is_quarantined(tmp_path: Path) -> None:
     tree, _ = init_tree(tmp_path / "tree")
     decoy = tmp_path / "decoy.json"

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from quantd.config import Config, DaemonSettings
-from quantd.itemfile import BadFile, read_item_file
+from quantd.itemfile import BadFile, nested_deeper_than, read_item_file
 from quantd.quarantine import Reason
 
 # Reasons that a file still being written shows until it is complete.
 UNFINISHED = (Reason.EMPTY_FILE, Reason.INVALID_JSON)
 # json.loads builds exactly these types for JSON objects and arrays.
-_CONTAINERS = (dict, list)
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
@@ -120,20 +119,3 @@ def check_route(config: Config, queue: str, doc: dict[str, Any]) -> Rejection | 
         f"it may produce into {allowed}",
         {"stage": producer, "edge": edge, "item_id": doc.get("id")},
     )
-
-
-def nested_deeper_than(document: Any, limit: int) -> bool:
-    """Return whether JSON containers nest more than ``limit`` levels deep in
-    ``document`` (``{}`` is one level), walking one level at a time."""
-    level = [document] if type(document) in _CONTAINERS else []
-    depth = 0
-    while level:
-        depth += 1
-        if depth > limit:
-            return True
-        below: list[Any] = []
-        for value in level:
-            children = value.values() if type(value) is dict else value
-            below += [child for child in children if type(child) in _CONTAINERS]
-        level = below
-    return False

@@ -548,7 +548,7 @@ class Reconciler:
         elif outcome.action == "quarantined":
             self._journal.count("quarantined")
             self._journal.record(
-                "item_quarantined", "warning", reason="duplicate", **fields
+                "item_quarantined", "warning", reason=outcome.reason, **fields
             )
 
     def _finish_entry(self, path: Path) -> None:
