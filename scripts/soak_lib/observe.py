@@ -37,7 +37,7 @@ def finished_count(tree: Tree) -> int:
 
 
 def is_empty(tree: Tree) -> bool:
-    """Return whether no queue, claim directory or recovery holds anything."""
+    """Return whether every queue, claim directory and recovery is empty."""
     for queue in tree.config.queues:
         if [n for n in listdir(tree.queue_dir(queue)) if n != CLAIMS_DIR]:
             return False

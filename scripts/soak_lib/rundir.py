@@ -133,7 +133,7 @@ def check_saved_run(root: Path) -> tuple[Report, int]:
 
 @dataclass
 class LogSummary:
-    """What the logs of a run contain: counts of daemon events as
+    """The logs of a run in short: counts of daemon events as
     ``daemon_log:<event>``, daemon error lines, and (item id, error) of
     every ClaimLost a light worker logged."""
 
