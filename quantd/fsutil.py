@@ -12,6 +12,7 @@ import ctypes.util
 import errno
 import json
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -128,8 +129,19 @@ def fsync_dir(directory: Path) -> None:
 
 
 def temp_name(prefix: str = "w") -> str:
-    """Return a unique name for a file still being written."""
+    """Return a unique name for a file still being written; it carries the
+    writer's pid (see :func:`temp_writer_pid`)."""
     return f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}.tmp"
+
+
+def temp_writer_pid(name: str) -> int | None:
+    """Return the pid of the process that wrote a temp file named by
+    :func:`temp_name`, or None for any other name."""
+    match = _TEMP_NAME.fullmatch(name)
+    return int(match[1]) if match else None
+
+
+_TEMP_NAME = re.compile(r"[a-z]+-(\d{1,10})-[0-9a-f]{12}\.tmp")
 
 
 def write_temp(tmp_dir: Path, data: bytes, *, durable: bool) -> Path:

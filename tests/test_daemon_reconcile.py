@@ -572,3 +572,23 @@ def test_foreign_orphan_draft_removed_after_lease(
 
     reconciler.reconcile(now + 31)
     assert not draft.exists()
+
+
+def test_abandoned_temp_files_removed(small_tree: Tree, reconciler: Reconciler) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    abandoned = small_tree.tmp / f"w-{dead.pid}-{'a' * 12}.tmp"
+    abandoned.write_bytes(b'{"half": ')
+    live = small_tree.tmp / f"w-{os.getpid()}-{'b' * 12}.tmp"
+    live.write_bytes(b'{"half": ')
+    other = small_tree.tmp / "notes.txt"
+    other.write_bytes(b"kept")
+    now = time.time()
+
+    reconciler.reconcile(now)
+    assert abandoned.exists(), "a fresh temp file must be left to its writer"
+
+    reconciler.reconcile(now + 3600)
+    assert not abandoned.exists()
+    assert live.exists()
+    assert other.read_bytes() == b"kept"

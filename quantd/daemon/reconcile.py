@@ -51,6 +51,9 @@ COMMITTED_ROUTE_GRACE_S = 2.0
 # The files found valid, keyed by inode, mtime, ctime and size. The kernel
 # sets ctime on every change to a file, content or name, so an entry
 # matches only a file that did not change since it was checked.
+# A temp file whose writer is gone is removed once it is this old, so a
+# writer that has just started is never raced.
+ABANDONED_TEMP_AGE_S = 60.0
 CHECKED_CACHE = "checked.json"
 CHECKED_CACHE_VERSION = 1
 # A lease is judged again this long after it would run out, so that the
@@ -95,6 +98,7 @@ class Reconciler:
         for directory, queue in self._targets.items():
             files += self._scan_queue(queue, directory, now, seen)
         self._prune_holder_records()
+        self._guard("remove_abandoned_temps", self.tree.tmp, self._remove_temps, now)
         self._valid = {p: k for p, k in self._valid.items() if p in seen}
         self._journal.count("reconciles")
         counts = {
@@ -566,6 +570,28 @@ class Reconciler:
 
     # -- holders --------------------------------------------------------
 
+    def _remove_temps(self, now: float) -> None:
+        """Remove temp files whose writer died before renaming them.
+
+        A temp file never became an item, so removing it loses nothing.
+        The writer's pid is in the name; a file is removed only when that
+        pid is gone and the file is older than ABANDONED_TEMP_AGE_S.
+        """
+        removed = 0
+        with os.scandir(self.tree.tmp) as scan:
+            for entry in scan:
+                pid = fsutil.temp_writer_pid(entry.name)
+                if pid is None or _pid_exists(pid):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > (
+                        ABANDONED_TEMP_AGE_S
+                    ):
+                        os.unlink(entry.path)
+                        removed += 1
+        if removed:
+            self._journal.log("abandoned_temps_removed", count=removed)
+
     def _prune_holder_records(self) -> None:
         """Remove the records of local holders that are dead and hold no
         claim directory any more."""
@@ -610,3 +636,13 @@ class Reconciler:
 
 def _printable(path: str | bytes | Path) -> str:
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode()
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
