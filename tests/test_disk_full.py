@@ -375,11 +375,6 @@ def test_daemon_survives_full_disk(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="status.json keeps only item_id, queue, worker, pid and reason of "
-    "an event, so a handler_failed event does not say what failed or why",
-)
 def test_daemon_status_names_disk_full(
     small_tree: Tree, filler: Filler, daemon: Daemon
 ) -> None:

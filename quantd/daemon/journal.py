@@ -20,7 +20,16 @@ MAX_EVENTS = 50
 # The same event on the same path is logged at most once per this many
 # seconds. Repeats in between are counted and reported with the next line.
 REPEAT_INTERVAL_S = 60.0
-_EVENT_FIELDS = ("item_id", "queue", "worker", "pid", "reason")
+_EVENT_FIELDS = (
+    "item_id",
+    "queue",
+    "worker",
+    "pid",
+    "reason",
+    "path",
+    "where",
+    "error",
+)
 
 log = structlog.get_logger("quantd.daemon")
 

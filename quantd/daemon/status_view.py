@@ -183,7 +183,8 @@ def _render_events(events: list[dict[str, Any]]) -> list[str]:
         detail = " ".join(
             f"{key}={value}" for key, value in fields.items() if value is not None
         )
-        lines.append(f"  {moment[11:19] or '--:--:--'}  {name}  {detail}".rstrip())
+        line = f"  {moment[11:19] or '--:--:--'}  {name}  {detail}".rstrip()
+        lines.append(_truncate(line, MAX_WIDTH))
     return lines
 
 
