@@ -9,6 +9,7 @@ ships with comments.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
 import tomllib
@@ -395,8 +396,10 @@ def _parse_daemon(reader: _Reader, table: Mapping[str, Any]) -> DaemonSettings:
                 raise reader.fail(key, f"must be a string, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int | float):
             raise reader.fail(key, f"must be a number, got {value!r}")
-        elif value <= 0:
-            raise reader.fail(key, f"must be greater than 0, got {value!r}")
+        elif not math.isfinite(value) or value <= 0:
+            raise reader.fail(
+                key, f"must be a finite number greater than 0, got {value!r}"
+            )
         elif isinstance(default, int) and not isinstance(value, int):
             raise reader.fail(key, f"must be an integer, got {value!r}")
         values[name] = value

@@ -88,7 +88,7 @@ BAD_CONFIGS: dict[str, tuple[Mutation, str, str]] = {
     "lease negative": (
         _set("daemon", "lease_s", -1),
         "daemon.lease_s",
-        "must be greater than 0",
+        "must be a finite number greater than 0",
     ),
     "attempts not an integer": (
         _set("daemon", "max_attempts", 2.5),
@@ -385,3 +385,19 @@ def test_init_uses_config_tree_root(tmp_path: Path) -> None:
         cwd=work,
     )
     assert push.returncode == 0, push.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1.5"])
+def test_daemon_interval_must_be_finite_and_positive(
+    tmp_path: Path, value: str
+) -> None:
+    path = tmp_path / "quantd.toml"
+    reference = (Path(__file__).parent.parent / "config" / "quantd.toml").read_text()
+    path.write_text(
+        reference.replace(
+            "reconcile_interval_s = 30.0", f"reconcile_interval_s = {value}"
+        )
+    )
+    with pytest.raises(ConfigError, match=r"daemon\.reconcile_interval_s") as error:
+        quantd.load_config(path)
+    assert "finite number greater than 0" in str(error.value)
