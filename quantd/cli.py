@@ -13,7 +13,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -150,8 +149,8 @@ def _add_push(commands: Any) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    payload = read_payload(args.file)
     with _worker(args) as worker:
+        payload = read_payload(args.file, worker.tree.config.daemon.max_item_bytes)
         item_id = worker.push(args.queue, payload, priority=args.priority)
     _print(args, item_id, {"id": item_id, "queue": args.queue})
     return 0
@@ -240,8 +239,8 @@ def _run_fail(args: argparse.Namespace) -> int:
 
 
 def _run_route(args: argparse.Namespace) -> int:
-    payload = read_payload(args.file)
     with _worker(args) as worker:
+        payload = read_payload(args.file, worker.tree.config.daemon.max_item_bytes)
         item = worker.find_claim(args.id)
         successor = worker.route(item, args.target, payload, priority=args.priority)
     _print(
@@ -314,18 +313,23 @@ def _same_image(process: psutil.Process, parent: psutil.Process) -> bool:
     )
 
 
-def read_payload(source: str) -> dict[str, Any]:
-    """Read a JSON object from a file, or from stdin for ``-``."""
+def read_payload(source: str, max_bytes: int) -> dict[str, Any]:
+    """Read a JSON object from a file, or from stdin for ``-``.
+
+    At most ``max_bytes + 1`` bytes are read, so an endless source such as
+    ``/dev/zero`` or ``yes |`` is rejected instead of filling memory.
+    """
     where = "stdin" if source == "-" else source
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text()
-    except OSError as error:
+    data = _read_limited(source, where, max_bytes)
+    if len(data) > max_bytes:
         raise QuantdError(
-            f"cannot read payload from {where}: {error.strerror}"
-        ) from None
+            f"payload in {where} is larger than the limit "
+            f"daemon.max_item_bytes ({max_bytes} bytes); pass a smaller "
+            "payload, or store large data in a file and pass its path"
+        )
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as error:
+        payload = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise QuantdError(
             f"invalid JSON payload in {where}: {error}; pass a JSON object "
             'such as \'{"title": "RSI divergence"}\''
@@ -336,6 +340,18 @@ def read_payload(source: str) -> dict[str, Any]:
             f"got {type(payload).__name__}"
         )
     return payload
+
+
+def _read_limited(source: str, where: str, max_bytes: int) -> bytes:
+    try:
+        if source == "-":
+            return sys.stdin.buffer.read(max_bytes + 1)
+        with open(source, "rb") as file:
+            return file.read(max_bytes + 1)
+    except OSError as error:
+        raise QuantdError(
+            f"cannot read payload from {where}: {error.strerror}"
+        ) from None
 
 
 def item_json(item: Item) -> dict[str, Any]:

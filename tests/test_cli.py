@@ -296,3 +296,43 @@ def test_finish_hostile_id_rejected(tmp_path: Path, bad_id: str) -> None:
     result = run_quantd("complete", bad_id, "--root", root, "--worker", "backtester-1")
     assert result.returncode == 1
     assert "invalid item id" in result.stderr
+
+
+# Address-space cap for commands fed an endless source, so a command that
+# reads without limit fails on its own instead of exhausting the machine.
+ENDLESS_SOURCE_LIMIT_KB = 2_000_000
+
+
+def _run_bash(
+    script: str, env: dict[str, str], timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", f"ulimit -v {ENDLESS_SOURCE_LIMIT_KB}\n{script}"],
+        capture_output=True,
+        text=True,
+        env=quantd_env({"PYTHON": sys.executable, **env}),
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("command", "where"),
+    [
+        ('"$PYTHON" -m quantd push hypotheses /dev/zero $COMMON', "/dev/zero"),
+        ('yes | "$PYTHON" -m quantd push hypotheses $COMMON', "stdin"),
+    ],
+)
+def test_push_endless_payload_rejected(
+    tmp_path: Path, command: str, where: str
+) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    common = f"--root {shlex.quote(str(root))} --worker researcher-1"
+    result = _run_bash(command, {"COMMON": common})
+    assert result.returncode == 1, result.stderr
+    assert f"payload in {where} is larger than the limit" in result.stderr
+    assert "daemon.max_item_bytes (1048576 bytes)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(quantd.open_tree(root).queue_dir("hypotheses").iterdir())
