@@ -98,3 +98,25 @@ def test_dead_observer_restarted(tmp_path: Path, journal: Journal) -> None:
         assert watcher.ensure_alive() is True
 
         assert watcher.info() == {"mode": "inotify", "alive": True, "restarts": 1}
+
+
+def test_recreated_directory_watched_again(tmp_path: Path, journal: Journal) -> None:
+    with watching(tmp_path, journal) as watcher:
+        queue = tmp_path / "queue"
+        queue.rmdir()
+        wait_for(lambda: not watcher.alive(), what="the emitter of the removed dir")
+        assert watcher.ensure_alive() is True
+        queue.mkdir()
+
+        assert watcher.ensure_alive() is True
+        reasons = [
+            e["reason"] for e in journal.events if e["event"] == "watcher_restarted"
+        ]
+        assert reasons[-1] == "watched_dir_replaced"
+        assert watcher.ensure_alive() is False
+
+        (queue / "c.json").write_bytes(b"{}")
+        wait_for(
+            lambda: str(queue / "c.json") in watcher._batch.paths,
+            what="an event from the recreated directory",
+        )

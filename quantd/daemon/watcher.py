@@ -124,6 +124,7 @@ class Watcher:
         self._observer_class = observer_class
         self._limit_handler = _LimitWarnings(self)
         self._limit_error: str | None = None
+        self._watched: dict[Path, tuple[int, int] | None] = {}
 
     def fileno(self) -> int:
         return self._wakeup.fileno()
@@ -209,6 +210,7 @@ class Watcher:
     def _schedule(
         self, observer: Any, handler: _Recorder, path: Path, recursive: bool
     ) -> None:
+        self._watched[path] = _identity(path)
         if not path.is_dir():
             # The sweep reports the missing directory on every pass; the
             # other directories stay watched.
@@ -235,6 +237,8 @@ class Watcher:
             reason = "watch_limit_reached"
         elif not self.alive():
             reason = "observer_died"
+        elif self._replaced():
+            reason = "watched_dir_replaced"
         else:
             return False
         self.restarts += 1
@@ -243,6 +247,11 @@ class Watcher:
         self.stop()
         self.start()
         return True
+
+    def _replaced(self) -> bool:
+        """Return whether a watched directory was removed, created or
+        replaced since it was scheduled: its watch no longer sees it."""
+        return any(_identity(path) != seen for path, seen in self._watched.items())
 
     def stop(self) -> None:
         observer, self._observer = self._observer, None
@@ -265,6 +274,15 @@ class Watcher:
     def observer(self) -> Any:
         """The running watchdog observer, for tests that stop it."""
         return self._observer
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Return a directory's device and inode, None if it is not there."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
 
 
 def _observer_mode(observer: Any) -> str:
