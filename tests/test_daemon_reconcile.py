@@ -22,11 +22,11 @@ from daemon_support import (
 )
 
 import quantd
-from quantd.daemon.checks import nested_deeper_than
 from quantd.daemon.holders import HolderRegistry
 from quantd.daemon.journal import Journal
 from quantd.daemon.reconcile import Reconciler
 from quantd.holder import HolderKey, machine_id, process_start
+from quantd.itemfile import nested_deeper_than
 from quantd.transitions import COMMITTED_SUFFIX, DRAFT_SUFFIX
 from quantd.tree import CLAIMS_DIR, Tree
 
@@ -592,3 +592,19 @@ def test_abandoned_temp_files_removed(small_tree: Tree, reconciler: Reconciler) 
     assert not abandoned.exists()
     assert live.exists()
     assert other.read_bytes() == b"kept"
+
+
+def test_name_and_id_mismatch_quarantined(
+    small_tree: Tree, reconciler: Reconciler
+) -> None:
+    path = small_tree.queue_dir("to-convert") / "mismatch.json"
+    content = json.dumps({"id": "other-id", "payload": {}}).encode()
+    path.write_bytes(content)
+
+    reconciler.reconcile(time.time())
+
+    entry = only_entry(small_tree)
+    reason = json.loads((entry / "reason.json").read_bytes())
+    assert reason["reason"] == "invalid_item"
+    assert "'mismatch'" in reason["detail"]
+    assert (entry / "item").read_bytes() == content

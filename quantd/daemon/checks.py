@@ -16,6 +16,7 @@ from typing import Any
 
 from quantd.config import Config, DaemonSettings
 from quantd.itemfile import BadFile, nested_deeper_than, read_item_file
+from quantd.items import parse_pending_name
 from quantd.quarantine import Reason
 
 # Reasons that a file still being written shows until it is complete.
@@ -88,6 +89,20 @@ def read_checked(
         )
         return None, Rejection(Reason.TOO_DEEP, detail)
     return doc, None
+
+
+def check_name_matches(name: str, doc: dict[str, Any]) -> Rejection | None:
+    """Reject an item whose file name gives another id than its document:
+    finishing by id looks a claim up by its name, so such an item could
+    never be completed by id."""
+    parsed = parse_pending_name(name)
+    if parsed is None or parsed.item_id == doc.get("id"):
+        return None
+    return Rejection(
+        Reason.INVALID_ITEM,
+        f"the file name gives id {parsed.item_id!r} but the document's id "
+        f"is {doc.get('id')!r}",
+    )
 
 
 def check_route(config: Config, queue: str, doc: dict[str, Any]) -> Rejection | None:

@@ -31,6 +31,7 @@ from quantd.daemon.checks import (
     UNFINISHED,
     Rejection,
     check_kind,
+    check_name_matches,
     check_route,
     decode_name,
     read_checked,
@@ -48,12 +49,12 @@ from quantd.tree import CLAIMS_DIR, Tree
 # A committed route is finished by its worker within milliseconds; the
 # daemon finishes one that is older than this, for any holder.
 COMMITTED_ROUTE_GRACE_S = 2.0
-# The files found valid, keyed by inode, mtime, ctime and size. The kernel
-# sets ctime on every change to a file, content or name, so an entry
-# matches only a file that did not change since it was checked.
 # A temp file whose writer is gone is removed once it is this old, so a
 # writer that has just started is never raced.
 ABANDONED_TEMP_AGE_S = 60.0
+# The files found valid, keyed by inode, mtime, ctime and size. The kernel
+# sets ctime on every change to a file, content or name, so an entry
+# matches only a file that did not change since it was checked.
 CHECKED_CACHE = "checked.json"
 CHECKED_CACHE_VERSION = 1
 # A lease is judged again this long after it would run out, so that the
@@ -304,6 +305,8 @@ class Reconciler:
         doc = None
         if rejection is None:
             doc, rejection = read_checked(path, info, self.tree.config.daemon)
+        if rejection is None and doc is not None:
+            rejection = check_name_matches(name, doc)
         if rejection is None and doc is not None:
             rejection = check_route(self.tree.config, queue, doc)
         if rejection is None:
