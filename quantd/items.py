@@ -61,7 +61,7 @@ _PRIORITY_RANKS = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
 
 
 class ItemStatus(enum.StrEnum):
-    """Where an item is in its life; written into archived documents."""
+    """The stage of an item's life, written into archived documents."""
 
     PENDING = "pending"
     IN_PROGRESS = "in_progress"

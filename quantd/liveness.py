@@ -113,7 +113,7 @@ def last_heartbeat(path: Path) -> float | None:
 def check_lease(path: Path, lease_s: float, now: float, why: str) -> Liveness:
     """Judge a claim whose holder cannot be checked directly, by its lease.
 
-    ``why`` says why the process could not be checked, such as
+    ``why`` names the reason the process could not be checked, such as
     ``other_machine`` or ``no_pid``.
     """
     renewed = last_heartbeat(path)

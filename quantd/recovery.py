@@ -144,7 +144,7 @@ def _move_back(
         fsutil.rename_noreplace(entry, directory / pending)
     except FileExistsError:
         # The same item is already pending under this name, so this copy
-        # would be done twice; which copy is right cannot be told here.
+        # would be done twice; which copy is right cannot be decided here.
         quarantine(
             tree,
             entry,
