@@ -328,7 +328,12 @@ def read_payload(source: str, max_bytes: int) -> dict[str, Any]:
             "payload, or store large data in a file and pass its path"
         )
     try:
-        payload = json.loads(data)
+        payload = json.loads(data, parse_constant=_reject_constant(where))
+    except RecursionError:
+        raise QuantdError(
+            f"invalid JSON payload in {where}: nested too deeply to parse; "
+            "the limit daemon.max_json_depth allows far less, so flatten it"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise QuantdError(
             f"invalid JSON payload in {where}: {error}; pass a JSON object "
@@ -340,6 +345,16 @@ def read_payload(source: str, max_bytes: int) -> dict[str, Any]:
             f"got {type(payload).__name__}"
         )
     return payload
+
+
+def _reject_constant(where: str) -> Callable[[str], Any]:
+    def reject(name: str) -> Any:
+        raise QuantdError(
+            f"invalid JSON payload in {where}: {name}: NaN and Infinity are "
+            "not JSON; use null or a string"
+        )
+
+    return reject
 
 
 def _read_limited(source: str, where: str, max_bytes: int) -> bytes:

@@ -49,7 +49,7 @@ from quantd.transitions import (
     COMMITTED_SUFFIX,
     DRAFT_SUFFIX,
     archive,
-    encode,
+    encode_new,
     finish_route,
     publish,
     unlink_quietly,
@@ -127,8 +127,10 @@ class FileStore:
         """Push a new item into ``queue`` and return its id.
 
         Raises RoutingError, before touching the disk, when ``stage`` has
-        no edge to ``queue``, and QuantdError when the file system is full;
-        nothing is pushed in either case.
+        no edge to ``queue``; InvalidItem when the item exceeds
+        daemon.max_item_bytes or daemon.max_json_depth or contains NaN or
+        Infinity; and QuantdError when the file system is full. Nothing is
+        pushed in any of these cases.
         """
         check_edge(self.tree, stage, queue, worker)
         now = utc_now()
@@ -141,8 +143,9 @@ class FileStore:
             now=now,
             history=[_hop("pushed", now, worker, stage.name, queue=queue)],
         )
+        data = encode_new(self.tree, doc)
         try:
-            publish(self.tree, doc, queue, prefix="push")
+            publish(self.tree, doc, queue, prefix="push", data=data)
         except OSError as error:
             if error.errno in _DISK_FULL:
                 raise _disk_full(error, self.tree, f"push into {queue!r}") from error
@@ -267,8 +270,9 @@ class FileStore:
         # would report an empty queue while an item waits.
         fresh = bool(listing.entries) and not listing.stale
         fresh = fresh and age < RELIST_MAX_AGE_S
-        # A large queue is listed again at most once per 10 listing times,
-        # so that listing takes roughly a tenth of a busy claimer's time.
+        # While other claimers change the directory, a large queue is
+        # listed again only after ten times its last listing's duration, so
+        # listing takes roughly a tenth of a busy claimer's time.
         interval = max(RELIST_MIN_INTERVAL_S, 10 * listing.cost_s)
         if fresh and (not changed or age < interval):
             return
@@ -373,8 +377,9 @@ class FileStore:
         """Finish a claimed item by pushing its successor into ``target``.
 
         Returns the successor's id. Raises RoutingError when the holder's
-        stage has no edge to ``target`` and ClaimLost when the claim was
-        taken away; in both cases nothing was pushed.
+        stage has no edge to ``target``, InvalidItem when the successor
+        breaks a limit as in :meth:`push`, and ClaimLost when the claim was
+        taken away. In each case nothing was pushed.
         """
         check_edge(self.tree, holder.stage, target, holder.worker)
         self.tree.queue_dir(target)
@@ -401,10 +406,9 @@ class FileStore:
         successor["root_id"] = item.root_id
         stem = item.path.name[: -len(".json")]
         draft = holder_dir / (stem + DRAFT_SUFFIX)
+        data = encode_new(self.tree, successor)
         try:
-            fsutil.replace_file(
-                self.tree.tmp, draft, encode(successor), durable=self.tree.durable
-            )
+            fsutil.replace_file(self.tree.tmp, draft, data, durable=self.tree.durable)
         except OSError as error:
             if error.errno in _DISK_FULL:
                 action = f"route of item {item.id!r}"

@@ -179,6 +179,11 @@ def replace_file(tmp_dir: Path, target: Path, data: bytes, *, durable: bool) -> 
         fsync_dir(target.parent)
 
 
-def dump_json(document: Any) -> bytes:
-    """Encode a document the way quantd writes every item."""
-    return json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
+def dump_json(document: Any, *, allow_nan: bool = True) -> bytes:
+    """Encode a document the way quantd writes every item.
+
+    With ``allow_nan=False``, NaN and Infinity raise ValueError, because
+    they are not JSON and strict readers reject them.
+    """
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=allow_nan)
+    return text.encode() + b"\n"

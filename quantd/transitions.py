@@ -17,6 +17,7 @@ from typing import Any
 
 from quantd import faults, fsutil
 from quantd.errors import ClaimLost, InvalidItem
+from quantd.itemfile import nested_deeper_than
 from quantd.items import (
     ItemStatus,
     Priority,
@@ -31,12 +32,24 @@ DRAFT_SUFFIX = ".next"
 COMMITTED_SUFFIX = ".routed"
 
 
-def publish(tree: Tree, doc: dict[str, Any], queue: str, *, prefix: str) -> Path:
-    """Write a pending item into ``queue``: temp file, then one rename."""
+def publish(
+    tree: Tree,
+    doc: dict[str, Any],
+    queue: str,
+    *,
+    prefix: str,
+    data: bytes | None = None,
+) -> Path:
+    """Write a pending item into ``queue``: temp file, then one rename.
+
+    ``data`` is the item already encoded, such as by :func:`encode_new`;
+    without it, ``doc`` is encoded here.
+    """
     directory = tree.queue_dir(queue)
     created = parse_time(str(doc["created_at"]))
     name = pending_name(str(doc["id"]), Priority(doc["priority"]), created)
-    temp = fsutil.write_temp(tree.tmp, encode(doc), durable=tree.durable)
+    data = encode(doc) if data is None else data
+    temp = fsutil.write_temp(tree.tmp, data, durable=tree.durable)
     faults.point(f"{prefix}.after_write")
     try:
         fsutil.rename_noreplace(temp, directory / name)
@@ -53,11 +66,50 @@ def encode(doc: Mapping[str, Any]) -> bytes:
     try:
         return fsutil.dump_json(doc)
     except (TypeError, ValueError) as error:
+        raise _not_serialisable(doc, error) from None
+
+
+def encode_new(tree: Tree, doc: Mapping[str, Any]) -> bytes:
+    """Encode a new item, raising InvalidItem for what a claim or the daemon
+    would quarantine: JSON nested deeper than daemon.max_json_depth, an
+    item larger than daemon.max_item_bytes, and NaN or Infinity."""
+    settings = tree.config.daemon
+    # The depth is checked first: encoding a deeply nested document would
+    # raise RecursionError.
+    if nested_deeper_than(doc, settings.max_json_depth):
         raise InvalidItem(
-            f"invalid item {doc.get('id')!r}: not JSON-serialisable: {error}; "
-            "payloads may hold only dicts, lists, strings, numbers, booleans "
-            "and None"
+            f"invalid item {doc.get('id')!r}: JSON nested deeper than the "
+            f"limit daemon.max_json_depth ({settings.max_json_depth} levels, "
+            "counting the item document around the payload); flatten the "
+            "payload or raise the limit in the config"
+        )
+    try:
+        data = fsutil.dump_json(doc, allow_nan=False)
+    except ValueError as error:
+        if "out of range float" not in str(error).lower():
+            raise _not_serialisable(doc, error) from None
+        raise InvalidItem(
+            f"invalid item {doc.get('id')!r}: NaN and Infinity are not JSON; "
+            "replace them with null or a string"
         ) from None
+    except TypeError as error:
+        raise _not_serialisable(doc, error) from None
+    if len(data) > settings.max_item_bytes:
+        raise InvalidItem(
+            f"invalid item {doc.get('id')!r}: {len(data)} bytes encoded, more "
+            f"than the limit daemon.max_item_bytes ({settings.max_item_bytes} "
+            "bytes); store large data in a file and pass its path, or raise "
+            "the limit in the config"
+        )
+    return data
+
+
+def _not_serialisable(doc: Mapping[str, Any], error: Exception) -> InvalidItem:
+    return InvalidItem(
+        f"invalid item {doc.get('id')!r}: not JSON-serialisable: {error}; "
+        "payloads may hold only dicts, lists, strings, numbers, booleans "
+        "and None"
+    )
 
 
 def finish_route(tree: Tree, holder_dir: Path, stem: str, queue: str) -> None:

@@ -336,3 +336,29 @@ def test_push_endless_payload_rejected(
     assert "daemon.max_item_bytes (1048576 bytes)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(quantd.open_tree(root).queue_dir("hypotheses").iterdir())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ('{"sharpe": NaN}', "NaN: NaN and Infinity are not JSON"),
+        ('{"sharpe": -Infinity}', "-Infinity: NaN and Infinity are not JSON"),
+        ("[" * 100_000, "nested too deeply to parse"),
+        ('{"a":' * 100 + "1" + "}" * 100, "limit daemon.max_json_depth (64"),
+    ],
+    ids=["nan", "infinity", "unparsable-depth", "too-deep"],
+)
+def test_push_invalid_payload_one_line(
+    tmp_path: Path, payload: str, message: str
+) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    result = run_quantd(
+        "push", "hypotheses", "--root", root, "--worker", "researcher-1", input=payload
+    )
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not list(quantd.open_tree(root).queue_dir("hypotheses").iterdir())

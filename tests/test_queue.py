@@ -639,3 +639,57 @@ def test_recovery_quarantines_copy_already_pending(tree: Tree) -> None:
     assert reason["reason"] == "duplicate"
     assert json.loads((entry / "item").read_bytes())["id"] == item.id
     assert not list(tree.recovering.iterdir())
+
+
+# -- limits on new items ---------------------------------------------------
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """Return a payload whose containers nest ``levels`` deep."""
+    payload: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        payload = {"a": payload}
+    return payload
+
+
+def _no_files_written(tree: Tree) -> None:
+    assert pending_names(tree, "hypotheses") == []
+    assert pending_names(tree, "to-optimize") == []
+    assert os.listdir(tree.tmp) == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"blob": "x" * 1_048_576}, r"limit daemon\.max_item_bytes \(1048576"),
+        (_nested(64), r"limit daemon\.max_json_depth \(64"),
+        (_nested(100_000), r"limit daemon\.max_json_depth \(64"),
+        ({"sharpe": float("nan")}, "NaN and Infinity are not JSON"),
+        ({"sharpe": float("inf")}, "NaN and Infinity are not JSON"),
+    ],
+    ids=["too-large", "too-deep", "very-deep", "nan", "infinity"],
+)
+def test_push_and_route_reject_what_claim_quarantines(
+    tree: Tree, payload: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(quantd.InvalidItem, match=message):
+        researcher(tree).push("hypotheses", payload)
+    _no_files_written(tree)
+
+    worker, item = _claimed(tree)
+    before = _snapshot(tree)
+    with pytest.raises(quantd.InvalidItem, match=message):
+        worker.route(item, "to-optimize", payload)
+    assert _snapshot(tree) == before
+    assert pending_names(tree, "to-optimize") == []
+    assert item.path.exists()
+
+
+def test_push_at_depth_limit_claimable(tree: Tree) -> None:
+    """The item document adds one level around the payload, so a payload
+    of 63 levels gives an item of exactly daemon.max_json_depth (64)."""
+    item_id = researcher(tree).push("hypotheses", _nested(63))
+    item = backtester(tree).claim()
+    assert item is not None
+    assert item.id == item_id
+    assert quarantined_reasons(tree) == []
