@@ -34,7 +34,12 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # The top-level parser would print its own usage; the command's
+        # usage is the one that shows what the command accepts.
+        command_parser = _command_parser(parser, args.command)
+        command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
     handler: Handler = args.handler
     warnings.simplefilter("default")
     try:
@@ -60,13 +65,57 @@ def build_parser() -> argparse.ArgumentParser:
         description="File queue and supervisor for research pipelines.",
     )
     parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        required=True, metavar="COMMAND", dest="command", parser_class=CommandParser
+    )
     _add_init(commands)
     _add_push(commands)
     _add_claim(commands)
     _add_finish_commands(commands)
     _add_heartbeat(commands)
     _add_extensions(commands)
+    return parser
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of one command.
+
+    With ``intermixed=True``, positionals may follow options, as in
+    ``quantd push to-convert --worker researcher-0 idea.json``. Plain
+    argparse assigns all positionals at their first run, so a file after an
+    option was an unrecognized argument when an earlier positional is
+    optional or variable-length.
+    """
+
+    def __init__(self, *args: Any, intermixed: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.intermixed = intermixed
+        self._parsing_intermixed = False
+
+    def parse_known_args(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if not self.intermixed or self._parsing_intermixed:
+            return super().parse_known_args(args, namespace)
+        # parse_known_intermixed_args calls parse_known_args for each of
+        # its two passes; those calls take the plain path above.
+        self._parsing_intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing_intermixed = False
+
+
+def _command_parser(
+    parser: argparse.ArgumentParser, command: str
+) -> argparse.ArgumentParser:
+    # argparse has no public accessor for its subcommand parsers.
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
     return parser
 
 
@@ -130,7 +179,9 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _add_push(commands: Any) -> None:
-    parser = commands.add_parser("push", help="push a new item; prints its id")
+    parser = commands.add_parser(
+        "push", help="push a new item; prints its id", intermixed=True
+    )
     parser.add_argument("queue", help="queue or output to push into")
     parser.add_argument(
         "file",
@@ -159,6 +210,7 @@ def _run_push(args: argparse.Namespace) -> int:
 def _add_claim(commands: Any) -> None:
     parser = commands.add_parser(
         "claim",
+        intermixed=True,
         help="claim the next item; prints its id, or the item with --json",
         description="Claim the next item from the given queues: highest "
         "priority first, then oldest. The claim is held for the calling "
@@ -204,6 +256,7 @@ def _add_finish_commands(commands: Any) -> None:
 
     route = commands.add_parser(
         "route",
+        intermixed=True,
         help="finish a claimed item by pushing its successor; prints the "
         "successor's id",
     )
@@ -252,6 +305,7 @@ def _run_route(args: argparse.Namespace) -> int:
 def _add_heartbeat(commands: Any) -> None:
     parser = commands.add_parser(
         "heartbeat",
+        intermixed=True,
         help="renew the lease of claimed items (needed only for claims whose "
         "holder the daemon cannot watch)",
     )

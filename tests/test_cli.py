@@ -362,3 +362,44 @@ def test_push_invalid_payload_one_line(
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert not list(quantd.open_tree(root).queue_dir("hypotheses").iterdir())
+
+
+@pytest.mark.timeout(60)
+def test_positionals_after_options(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    payload = tmp_path / "idea.json"
+    payload.write_text('{"title": "RSI divergence"}')
+    pushed = run_quantd(
+        "push", "to-convert", "--worker", "researcher-0", payload, "--root", root
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    claimed = run_quantd(
+        "claim", "--root", root, "--worker", "converter-0", "to-convert", "--json"
+    )
+    assert claimed.returncode == 0, claimed.stderr
+    item_id = json.loads(claimed.stdout)["item"]["id"]
+    assert json.loads(claimed.stdout)["item"]["payload"] == {"title": "RSI divergence"}
+    routed = run_quantd(
+        "route", item_id, "to-backtest", "--worker", "converter-0", payload,
+        "--root", root, "--pid", str(os.getpid()),
+    )  # fmt: skip
+    assert routed.returncode == 0, routed.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["push", "hypotheses", "a.json", "extra"], "usage: quantd push "),
+        (["claim", "--bogus"], "usage: quantd claim "),
+        (["complete", "a", "b"], "usage: quantd complete "),
+    ],
+)
+def test_usage_error_shows_command_usage(
+    tmp_path: Path, args: list[str], usage: str
+) -> None:
+    result = run_quantd(*args, "--root", tmp_path, "--worker", "researcher-1")
+    assert result.returncode == 2
+    assert result.stderr.startswith(usage)
+    assert "unrecognized arguments" in result.stderr
