@@ -44,6 +44,7 @@ from quantd.items import (
     parse_pending_name,
     utc_now,
 )
+from quantd.liveness import Verdict, check_process
 from quantd.quarantine import Reason, quarantine
 from quantd.transitions import (
     COMMITTED_SUFFIX,
@@ -158,13 +159,19 @@ class FileStore:
         self, queues: Iterable[str], holder: Holder, *, wait_s: float | None = None
     ) -> Item | None:
         """Claim the next item from ``queues``: highest priority first,
-        then oldest. With ``wait_s``, wait that long for one to arrive."""
+        then oldest. With ``wait_s``, wait that long for one to arrive.
+
+        When the holder is another process, such as the shell that ran
+        ``quantd claim``, raises QuantdError as soon as that process has
+        exited: a claim held for a dead process would only be recovered.
+        """
         names = list(queues)
         dirs = [self.tree.queue_dir(q) for q in names]
         deadline = None if wait_s is None else time.monotonic() + wait_s
         while True:
             if deadline is not None:
                 self._ensure_waiter().arm(dirs)
+            check_holder_running(holder)
             item = self._claim_once(names, holder)
             if item is not None or deadline is None:
                 return item
@@ -463,6 +470,24 @@ def _disk_full(error: OSError, tree: Tree, action: str) -> QuantdError:
         f"{action} failed: {error.strerror} in tree {tree.root}; nothing "
         "changed, so free space on its file system and try again"
     )
+
+
+def check_holder_running(holder: Holder) -> None:
+    """Raise QuantdError if the holder is another process that has exited.
+
+    Reads /proc on Linux, so it is cheap enough to run before every claim
+    attempt. A process that cannot be inspected counts as running.
+    """
+    if holder.key.pid == os.getpid():
+        return
+    liveness = check_process(holder.key)
+    if liveness.verdict is Verdict.DEAD:
+        raise QuantdError(
+            f"the process that would hold the claim, pid {holder.key.pid}, "
+            f"has exited ({liveness.reason}); nothing was claimed. Claims are "
+            "held for the process that runs quantd claim, or for --pid, which "
+            "must outlive the work on the item"
+        )
 
 
 def check_edge(tree: Tree, stage: Stage | None, target: str, worker: str) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import quantd_env, run_quantd, write_reference_item
+from conftest import quantd_env, run_quantd, wait_until, write_reference_item
 
 import quantd
 from quantd.cli import EXIT_CLAIM_LOST, EXIT_NOTHING_TO_CLAIM
@@ -403,3 +405,89 @@ def test_usage_error_shows_command_usage(
     assert result.returncode == 2
     assert result.stderr.startswith(usage)
     assert "unrecognized arguments" in result.stderr
+
+
+def _watches_inotify(pid: int) -> bool:
+    """Return whether process ``pid`` has an inotify instance open."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        names = os.listdir(fd_dir)
+    except FileNotFoundError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(fd_dir / name) == "anon_inode:inotify":
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_claim_wait_stops_when_holder_dies(tmp_path: Path) -> None:
+    """``quantd claim --wait`` holds its claim for the calling shell; once
+    that shell is SIGKILLed, the waiting command must not claim for it."""
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    script = f"""
+    R={shlex.quote(str(root))}
+    O={shlex.quote(str(tmp_path))}
+    ( "$PYTHON" -m quantd claim --wait 120 --root "$R" --worker backtester-1 \\
+        > "$O/claim.out" 2> "$O/claim.err"
+      echo $? > "$O/claim.rc" ) &
+    echo $!
+    wait
+    """
+    shell = subprocess.Popen(
+        ["bash", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=quantd_env({"PYTHON": sys.executable}),
+    )
+    subshell_pid = 0
+    try:
+        assert shell.stdout is not None
+        subshell_pid = int(shell.stdout.readline())
+        wait_until(lambda: _claim_pid(subshell_pid) is not None, timeout_s=60)
+        claim_pid = _claim_pid(subshell_pid)
+        assert claim_pid is not None
+        wait_until(lambda: _watches_inotify(claim_pid), timeout_s=60)
+
+        shell.kill()
+        shell.wait(timeout=30)
+        quantd.Worker(quantd.open_tree(root), "researcher-1").push("hypotheses", {})
+
+        rc_file = tmp_path / "claim.rc"
+        wait_until(rc_file.exists, timeout_s=60)
+        wait_until(lambda: rc_file.read_text().strip() != "", timeout_s=10)
+    finally:
+        shell.kill()
+        shell.wait(timeout=30)
+        assert shell.stdout is not None
+        shell.stdout.close()
+        claim_pid = _claim_pid(subshell_pid) if subshell_pid else None
+        if claim_pid is not None:
+            os.kill(claim_pid, signal.SIGKILL)
+
+    assert rc_file.read_text().strip() == "1"
+    error = (tmp_path / "claim.err").read_text()
+    assert "has exited" in error
+    assert "Traceback" not in error
+    assert (tmp_path / "claim.out").read_text() == ""
+    tree = quantd.open_tree(root)
+    queue = tree.queue_dir("hypotheses")
+    (pending,) = [p for p in queue.iterdir() if p.name.endswith(".json")]
+    assert json.loads(pending.read_bytes())["attempts"] == 0
+    claims = tree.claims_dir("hypotheses")
+    assert not claims.exists() or not any(
+        held for holder in claims.iterdir() for held in holder.iterdir()
+    )
+
+
+def _claim_pid(subshell_pid: int) -> int | None:
+    """Return the pid of the quantd command that the subshell runs."""
+    try:
+        children = psutil.Process(subshell_pid).children()
+    except psutil.NoSuchProcess:
+        return None
+    return children[0].pid if children else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -693,3 +694,20 @@ def test_push_at_depth_limit_claimable(tree: Tree) -> None:
     assert item is not None
     assert item.id == item_id
     assert quarantined_reasons(tree) == []
+
+
+@pytest.mark.timeout(60)
+def test_claim_for_exited_holder_raises(tree: Tree) -> None:
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        worker = Worker(tree, "backtester-1", pid=holder.pid)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    researcher(tree).push("hypotheses", {"v": 1})
+    with pytest.raises(quantd.QuantdError, match=f"pid {holder.pid}, has exited"):
+        worker.claim(wait_s=30)
+    (name,) = pending_names(tree, "hypotheses")
+    document = json.loads((tree.queue_dir("hypotheses") / name).read_bytes())
+    assert document["attempts"] == 0
+    assert claim_files(tree, "hypotheses") == []
