@@ -21,7 +21,7 @@ from bench.workload import PRODUCER, QUEUE, count_files, new_tree, payload
 
 Step = Callable[[], "int | None"]
 # How long an SQLite-based peer waits for another process's lock before it
-# raises; generous, so that load on the machine cannot fail a run.
+# raises. Generous, because a load spike on the machine should not fail a run.
 SQLITE_TIMEOUT_S = 60.0
 
 
@@ -31,7 +31,7 @@ class Contender:
 
     name: str
     label: str
-    # How claim and complete map onto the library, and what is fsynced.
+    # The library calls that claim and complete, and what is fsynced.
     mode: str
     fill: Callable[[Path, int], None]
     open_consumer: Callable[[Path, int], Step]

@@ -372,8 +372,8 @@ def _read_status(tree: quantd.Tree) -> dict[str, Any]:
 
 
 def _watches(status: dict[str, Any], pid: int, claims: int) -> bool:
-    """Whether status.json counts ``claims`` claims and lists the process
-    ``pid`` as a live holder, so the daemon already watches it."""
+    """Return whether status.json counts ``claims`` claims and lists the
+    process ``pid`` as a live holder, which the daemon then watches."""
     claimed = int(status.get("queues", {}).get(QUEUE, {}).get("claimed", -1))
     holders = status.get("holders") or []
     alive = any(h.get("pid") == pid and h.get("verdict") == "alive" for h in holders)

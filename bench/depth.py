@@ -1,7 +1,7 @@
 """Claim cost against queue depth, for quantd and the baseline.
 
 Each repeat times a fixed number of claims by a new claimer from a queue
-that holds at least ``depth`` pending items: the queue is filled to
+that contains at least ``depth`` pending items: the queue is filled to
 ``depth + claims`` so that it never drops below ``depth``, and topped up
 again between repeats. The quantd claimer is a new ``Worker`` each repeat,
 so its time includes its first listing of the queue. Claims are not

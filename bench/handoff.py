@@ -34,10 +34,10 @@ REPLY_TIMEOUT_S = 60.0
 # wait; a random part keeps pushes out of step with any periodic wake-up.
 PAUSE_MIN_S = 0.005
 PAUSE_RANDOM_S = 0.010
-# Pause before an idle hand-off: longer than the 0.5 s for which watchdog
-# (7.x) holds a move out of a watched directory, such as the claimer's own
-# last claim, while it waits for a matching move into one; events queued
-# behind it wait too.
+# Pause before an idle hand-off. watchdog 7.1 delays the event of a move out
+# of a watched directory (such as the claimer's own last claim) by 0.5 s
+# while it looks for a matching move into one, and events queued behind it
+# wait too; this pause is longer than that delay.
 IDLE_PAUSE_S = 0.6
 # Time for the claimer to settle into its wait before its CPU is read.
 SETTLE_S = 0.5

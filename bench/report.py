@@ -54,7 +54,7 @@ def _filesystem(path: Path) -> str:
 def _git_revision() -> str:
     commit = _command(["git", "-C", str(REPOSITORY), "rev-parse", "--short", "HEAD"])
     if not commit:
-        return "unknown revision"
+        return f"{REPOSITORY} (not a git checkout)"
     changed = _command(
         ["git", "-C", str(REPOSITORY), "status", "--porcelain", "quantd"]
     )

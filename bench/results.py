@@ -64,8 +64,8 @@ class Results:
     def to_json(self) -> dict[str, float]:
         """Return every figure as ``{metric_name: number}``.
 
-        The metric name holds the median; ``<name>_min`` and ``<name>_max``
-        hold the extremes over the repeated runs.
+        The metric's name maps to the median, and ``<name>_min`` and
+        ``<name>_max`` map to the extremes over the repeated runs.
         """
         document: dict[str, float] = {}
         for name, figure in self.figures.items():
@@ -86,7 +86,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def check_exactly_once(
     results: Results, what: str, expected: set[int], consumed: list[int]
 ) -> None:
-    """Record a failure unless ``consumed`` holds each expected item once."""
+    """Record a failure unless ``consumed`` contains each expected item once."""
     seen = set(consumed)
     duplicates = len(consumed) - len(seen)
     lost = len(expected - seen)
