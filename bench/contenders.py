@@ -113,10 +113,8 @@ def _persistqueue_open(root: Path) -> Any:
     # persist-queue opens SQLite in WAL mode with the default synchronous=FULL,
     # an fsync per commit, and has no setting for it; NORMAL matches the
     # not-durable mode every other contender runs in.
-    for connection in {
-        id(queue._getter): queue._getter,
-        id(queue._putter): queue._putter,
-    }.values():
+    connections: list[Any] = [queue._getter, queue._putter]
+    for connection in {id(c): c for c in connections}.values():
         connection.execute("PRAGMA synchronous=NORMAL")
     return queue
 

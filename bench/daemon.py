@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -278,7 +279,7 @@ def _status_lags(results: Results, tree: quantd.Tree, sizes: Sizes) -> None:
             before = _pending(_read_status(tree))
             pushed_at = time.monotonic()
             producer.push(QUEUE, {"n": -1})
-            seen = _wait_status(tree, lambda status, b=before: _pending(status) > b)
+            seen = _wait_status(tree, functools.partial(_counts_more, before))
             if seen is None:
                 results.fail("status.json did not count a pushed item within 30 s")
                 continue
@@ -378,6 +379,10 @@ def _watches(status: dict[str, Any], pid: int, claims: int) -> bool:
     holders = status.get("holders") or []
     alive = any(h.get("pid") == pid and h.get("verdict") == "alive" for h in holders)
     return claimed >= claims and alive
+
+
+def _counts_more(before: int, status: dict[str, Any]) -> bool:
+    return _pending(status) > before
 
 
 def _pending(status: dict[str, Any]) -> int:

@@ -14,6 +14,7 @@ import queue
 import shutil
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
@@ -69,7 +70,9 @@ def drain(contender: Contender, root: Path, workers: int, count: int) -> DrainRu
     return DrainRun(finished - started, consumed, contender.remaining(root))
 
 
-def collect(reports: Any, processes: list[BaseProcess], timeout_s: float) -> list[Any]:
+def collect(
+    reports: Any, processes: Sequence[BaseProcess], timeout_s: float
+) -> list[Any]:
     """Return one report from each process, raising RuntimeError if a
     process reports an error, exits without a report, or times out."""
     deadline = time.monotonic() + timeout_s
@@ -92,7 +95,7 @@ def collect(reports: Any, processes: list[BaseProcess], timeout_s: float) -> lis
     return outcomes
 
 
-def stop(processes: list[BaseProcess]) -> None:
+def stop(processes: Sequence[BaseProcess]) -> None:
     """Kill and reap every process that is still running."""
     for process in processes:
         if process.is_alive():
