@@ -161,12 +161,16 @@ class FileStore:
         """Claim the next item from ``queues``: highest priority first,
         then oldest. With ``wait_s``, wait that long for one to arrive.
 
-        When the holder is another process, such as the shell that ran
+        Raises RoutingError, before touching the disk, when the holder's
+        stage does not consume one of ``queues``. When the holder is
+        another process, such as the shell that ran
         ``quantd claim``, raises QuantdError as soon as that process has
         exited: a claim held for a dead process would only be recovered.
         """
         names = list(queues)
         dirs = [self.tree.queue_dir(q) for q in names]
+        for name in names:
+            check_consumes(holder, name)
         deadline = None if wait_s is None else time.monotonic() + wait_s
         while True:
             if deadline is not None:
@@ -339,7 +343,12 @@ class FileStore:
     # -- complete and fail --------------------------------------------
 
     def complete(self, item: Item, holder: Holder) -> None:
-        """Archive a claimed item in ``completed``."""
+        """Archive a claimed item in ``completed``.
+
+        Raises RoutingError when the holder's stage does not consume the
+        item's queue, and ClaimLost when the claim was taken away.
+        """
+        check_consumes(holder, item.queue)
         now = utc_now()
         hop = _hop(
             "completed", now, holder.worker, _stage_name(holder), queue=item.queue
@@ -356,7 +365,9 @@ class FileStore:
             raise claim_lost(item, holder) from None
 
     def fail(self, item: Item, holder: Holder, reason: str) -> None:
-        """Archive a claimed item in ``failed`` with ``reason``."""
+        """Archive a claimed item in ``failed`` with ``reason``; raises as
+        :meth:`complete` does."""
+        check_consumes(holder, item.queue)
         now = utc_now()
         hop = _hop("failed", now, holder.worker, _stage_name(holder), queue=item.queue)
         hop["reason"] = reason
@@ -384,10 +395,12 @@ class FileStore:
         """Finish a claimed item by pushing its successor into ``target``.
 
         Returns the successor's id. Raises RoutingError when the holder's
-        stage has no edge to ``target``, InvalidItem when the successor
+        stage does not consume the item's queue or has no edge to
+        ``target``, InvalidItem when the successor
         breaks a limit as in :meth:`push`, and ClaimLost when the claim was
         taken away. In each case nothing was pushed.
         """
+        check_consumes(holder, item.queue)
         check_edge(self.tree, holder.stage, target, holder.worker)
         self.tree.queue_dir(target)
         holder_dir = item.path.parent
@@ -469,6 +482,22 @@ def _disk_full(error: OSError, tree: Tree, action: str) -> QuantdError:
     return QuantdError(
         f"{action} failed: {error.strerror} in tree {tree.root}; nothing "
         "changed, so free space on its file system and try again"
+    )
+
+
+def check_consumes(holder: Holder, queue: str) -> None:
+    """Raise RoutingError unless the holder's stage consumes ``queue``.
+
+    A worker without a stage may claim from any queue it names.
+    """
+    stage = holder.stage
+    if stage is None or queue in stage.consumes:
+        return
+    allowed = ", ".join(stage.consumes) or "no queue"
+    raise RoutingError(
+        f"stage {stage.name!r} of worker {holder.worker!r} does not consume "
+        f"queue {queue!r}: the routing graph allows {allowed}; add the queue "
+        f"to stages.{stage.name}.consumes in the config if it is intended"
     )
 
 

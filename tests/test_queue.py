@@ -85,7 +85,8 @@ def test_claim_order_priority_then_fifo_across_queues(tree: Tree) -> None:
         for index, (item_id, priority) in enumerate(pushed)
     )
     expected = [item_id for _, _, item_id in ranked]
-    claimer = Worker(tree, "anyone", stage="backtester")
+    # No stage consumes both queues, so the claimer has no stage.
+    claimer = Worker(tree, "anyone")
     claimed = []
     while (item := claimer.claim(["hypotheses", "to-convert"])) is not None:
         claimed.append(item.id)
@@ -711,3 +712,47 @@ def test_claim_for_exited_holder_raises(tree: Tree) -> None:
     document = json.loads((tree.queue_dir("hypotheses") / name).read_bytes())
     assert document["attempts"] == 0
     assert claim_files(tree, "hypotheses") == []
+
+
+# -- consuming side of the routing graph ------------------------------------
+
+
+def test_claim_from_unconsumed_queue_raises(tree: Tree) -> None:
+    researcher(tree).push("to-convert", {"v": 1})
+    before = _snapshot(tree)
+    with pytest.raises(RoutingError) as raised:
+        backtester(tree).claim("to-convert")
+    message = str(raised.value)
+    assert "stage 'backtester'" in message
+    assert "queue 'to-convert'" in message
+    assert "allows hypotheses, to-backtest" in message
+    assert _snapshot(tree) == before
+    assert not tree.claims_dir("to-convert").exists()
+
+
+def test_claim_without_stage_from_named_queue(tree: Tree) -> None:
+    researcher(tree).push("to-convert", {"v": 1})
+    worker = Worker(tree, "unstaged-1")
+    assert worker.stage is None
+    item = worker.claim("to-convert")
+    assert item is not None
+    worker.complete(item)
+    assert len(archived(tree, "completed")) == 1
+
+
+@pytest.mark.parametrize("operation", ["complete", "fail", "route"])
+def test_finish_claim_from_unconsumed_queue_raises(tree: Tree, operation: str) -> None:
+    researcher(tree).push("to-convert", {"v": 1})
+    item = Worker(tree, "converter-1").claim()
+    assert item is not None
+    other = Worker(tree, "backtester-1", stage="backtester")
+    before = _snapshot(tree)
+    with pytest.raises(RoutingError, match="does not consume queue 'to-convert'"):
+        if operation == "complete":
+            other.complete(item)
+        elif operation == "fail":
+            other.fail(item, "wrong stage")
+        else:
+            other.route(item, "to-optimize", {"v": 2})
+    assert _snapshot(tree) == before
+    assert item.path.exists()
