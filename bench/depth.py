@@ -3,9 +3,12 @@
 Each repeat times a fixed number of claims by a new claimer from a queue
 that contains at least ``depth`` pending items: the queue is filled to
 ``depth + claims`` so that it never drops below ``depth``, and topped up
-again between repeats. The quantd claimer is a new ``Worker`` each repeat,
-so its time includes its first listing of the queue. Claims are not
-completed inside the timed part.
+again between repeats. The quantd claimer is a new ``Worker`` each repeat.
+Its first claim lists the whole queue and is reported on its own
+(``claim_first_ms_depth_*``); the rate counts the claims after it, the
+cost a long-running worker pays per claim. Every baseline claim lists the
+queue, so its rate covers all its claims. Claims are not completed inside
+the timed part.
 """
 
 from __future__ import annotations
@@ -59,10 +62,10 @@ def _measure_quantd(results: Results, sizes: Sizes, root: Path, depth: int) -> N
         _check_claims(results, f"quantd claims at depth {depth}", numbers, claims)
         results.add(
             f"claim_per_s_depth_{suffix}",
-            claims / elapsed,
+            (claims - 1) / (elapsed - first_s),
             unit="claims/s",
             group=GROUP,
-            label=f"quantd, {claims} claims, {depth:,} pending",
+            label=f"quantd, {claims - 1} claims after the first, {depth:,} pending",
         )
         results.add(
             f"claim_first_ms_depth_{suffix}",
