@@ -19,6 +19,7 @@ import psutil
 
 from quantd import __version__
 from quantd.errors import ClaimLost, QuantdError
+from quantd.filestore import check_edge
 from quantd.items import Item, Priority
 from quantd.tree import Tree, init_tree, open_tree
 from quantd.worker import Worker
@@ -201,6 +202,9 @@ def _add_push(commands: Any) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     with _worker(args) as worker:
+        # The edge is checked before reading, so a wrong queue or stage is
+        # reported before anyone types a payload on stdin.
+        check_edge(worker.tree, worker.stage, args.queue, worker.worker)
         payload = read_payload(args.file, worker.tree.config.daemon.max_item_bytes)
         item_id = worker.push(args.queue, payload, priority=args.priority)
     _print(args, item_id, {"id": item_id, "queue": args.queue})
@@ -224,7 +228,7 @@ def _add_claim(commands: Any) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=wait_seconds,
         metavar="SECONDS",
         help="wait up to this many seconds for an item",
     )
@@ -232,11 +236,29 @@ def _add_claim(commands: Any) -> None:
     parser.set_defaults(handler=_run_claim)
 
 
+def wait_seconds(text: str) -> float:
+    """Parse ``--wait``: a number of seconds, zero or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid number of seconds: {text!r}"
+        ) from None
+    # NaN fails every comparison, so it is rejected here too.
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid number of seconds: {text!r}; must be 0 or more"
+        )
+    return seconds
+
+
 def _run_claim(args: argparse.Namespace) -> int:
     with _worker(args) as worker:
-        item = worker.claim(args.queues or None, wait_s=args.wait)
+        queues = worker.queues_to_claim(args.queues or None)
+        item = worker.claim(queues, wait_s=args.wait)
     if item is None:
-        print("quantd: nothing to claim", file=sys.stderr)
+        names = ", ".join(queues)
+        print(f"quantd: nothing to claim in {names}", file=sys.stderr)
         return EXIT_NOTHING_TO_CLAIM
     _print(args, item.id, item_json(item))
     return 0
@@ -293,6 +315,7 @@ def _run_fail(args: argparse.Namespace) -> int:
 
 def _run_route(args: argparse.Namespace) -> int:
     with _worker(args) as worker:
+        check_edge(worker.tree, worker.stage, args.target, worker.worker)
         payload = read_payload(args.file, worker.tree.config.daemon.max_item_bytes)
         item = worker.find_claim(args.id)
         successor = worker.route(item, args.target, payload, priority=args.priority)
@@ -375,6 +398,9 @@ def read_payload(source: str, max_bytes: int) -> dict[str, Any]:
     """
     where = "stdin" if source == "-" else source
     data = _read_limited(source, where, max_bytes)
+    if not data.strip():
+        place = "on stdin" if source == "-" else f"in {source}"
+        raise QuantdError(f"the payload {place} is empty; pass a JSON object")
     if len(data) > max_bytes:
         raise QuantdError(
             f"payload in {where} is larger than the limit "

@@ -525,8 +525,9 @@ def check_edge(tree: Tree, stage: Stage | None, target: str, worker: str) -> Non
     tree.queue_dir(target)
     if stage is None:
         raise RoutingError(
-            f"worker {worker!r} has no stage: pass a stage, or name the worker "
-            "so that a stage's 'workers' patterns in the config match it"
+            f"worker {worker!r} has no stage: it matches no stage's 'workers' "
+            f"pattern ({worker_patterns(tree)}); pass a stage (--stage or "
+            "$QUANTD_STAGE), or name the worker to match a pattern"
         )
     if target not in stage.produces:
         allowed = ", ".join(stage.produces) or "nothing"
@@ -535,6 +536,14 @@ def check_edge(tree: Tree, stage: Stage | None, target: str, worker: str) -> Non
             f"routing graph allows {allowed}; add the edge to "
             f"stages.{stage.name}.produces in the config if it is intended"
         )
+
+
+def worker_patterns(tree: Tree) -> str:
+    """Describe each stage's 'workers' patterns, as in
+    ``researcher: researcher-*; converter: converter-*``."""
+    stages = tree.config.stages.values()
+    described = [f"{s.name}: {', '.join(s.workers) or 'none'}" for s in stages]
+    return "; ".join(described)
 
 
 def new_document(

@@ -10,7 +10,7 @@ from typing import Any
 
 from quantd.config import Stage
 from quantd.errors import ClaimLost, ConfigError, QuantdError
-from quantd.filestore import FileStore, Holder
+from quantd.filestore import FileStore, Holder, worker_patterns
 from quantd.holder import HolderKey
 from quantd.itemfile import read_item_file
 from quantd.items import (
@@ -87,7 +87,7 @@ class Worker:
         ``queues`` defaults to the queues this worker's stage consumes.
         With ``wait_s``, block up to that many seconds for an item.
         """
-        names = self._queues(queues)
+        names = self.queues_to_claim(queues)
         item = self.store.claim(names, self.holder, wait_s=wait_s)
         if item is not None:
             self._held[item.id] = item
@@ -147,9 +147,13 @@ class Worker:
                 doc.setdefault("claimed_by", self.worker)
                 return Item(doc, queue, path)
         raise ClaimLost(
-            f"worker {self.worker!r} (pid {self.holder.key.pid}) holds no claim "
-            f"on item {item_id!r}; claim it first, and pass the same --worker "
-            "and --pid that claimed it"
+            f"worker {self.worker!r} holds no claim on item {item_id!r} under "
+            f"holder pid {self.holder.key.pid}: it was never claimed for that "
+            "process, was finished, or was recovered because the process that "
+            "claimed it died. quantd claim holds claims for its parent process, "
+            "so a wrapper such as timeout becomes the holder and exits; pass "
+            "--pid $$ to claim and finish for the shell, or use the same "
+            "--worker and --pid as the claim"
         )
 
     def _candidate_claims(self, queue: str, item_id: str) -> list[Path]:
@@ -175,15 +179,23 @@ class Worker:
                         found.append(directory / name)
         return found
 
-    def _queues(self, queues: Iterable[str] | str | None) -> list[str]:
+    def queues_to_claim(self, queues: Iterable[str] | str | None) -> list[str]:
+        """Return the queues :meth:`claim` looks in for ``queues``."""
         if isinstance(queues, str):
             return [queues]
         if queues is not None:
             return list(queues)
-        if self.stage is None or not self.stage.consumes:
+        if self.stage is None:
             raise QuantdError(
-                f"worker {self.worker!r} has no stage that consumes a queue: "
-                "name the queues to claim from"
+                f"worker {self.worker!r} has no stage: it matches no stage's "
+                f"'workers' pattern ({worker_patterns(self.tree)}); name the "
+                "queues to claim from, pass a stage (--stage or "
+                "$QUANTD_STAGE), or name the worker to match a pattern"
+            )
+        if not self.stage.consumes:
+            raise QuantdError(
+                f"stage {self.stage.name!r} of worker {self.worker!r} consumes "
+                "no queue: claim with a worker of a stage that consumes one"
             )
         return list(self.stage.consumes)
 

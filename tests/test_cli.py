@@ -491,3 +491,52 @@ def _claim_pid(subshell_pid: int) -> int | None:
     except psutil.NoSuchProcess:
         return None
     return children[0].pid if children else None
+
+
+@pytest.mark.timeout(60)
+def test_messages_name_what_was_checked(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    common = ["--root", root]
+
+    empty = run_quantd("claim", *common, "--worker", "backtester-1")
+    assert empty.returncode == EXIT_NOTHING_TO_CLAIM
+    assert "nothing to claim in hypotheses, to-backtest" in empty.stderr
+
+    lost = run_quantd("complete", "nope", *common, "--worker", "backtester-1")
+    assert lost.returncode == EXIT_CLAIM_LOST
+    assert f"under holder pid {os.getpid()}" in lost.stderr
+    assert "recovered because the process that claimed it died" in lost.stderr
+    assert "--pid $$" in lost.stderr
+    assert "timeout" in lost.stderr
+
+    for args in (
+        ["push", "hypotheses", "--worker", "researcher-1"],
+        ["route", "some-id", "to-optimize", "--worker", "backtester-1"],
+    ):
+        blank = run_quantd(*args, *common, input="")
+        assert blank.returncode == 1
+        assert "the payload on stdin is empty; pass a JSON object" in blank.stderr
+
+    patterns = "researcher: researcher-*; converter: converter-*"
+    unmatched_push = run_quantd("push", "hypotheses", *common, "--worker", "x-1")
+    assert unmatched_push.returncode == 1
+    assert f"matches no stage's 'workers' pattern ({patterns}" in (
+        unmatched_push.stderr
+    )
+    unmatched_claim = run_quantd("claim", *common, "--worker", "x-1")
+    assert unmatched_claim.returncode == 1
+    assert f"matches no stage's 'workers' pattern ({patterns}" in (
+        unmatched_claim.stderr
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seconds", ["-1", "nan", "NaN", "soon"])
+def test_claim_wait_invalid_is_usage_error(tmp_path: Path, seconds: str) -> None:
+    result = run_quantd(
+        "claim", "--root", tmp_path, "--worker", "backtester-1", "--wait", seconds
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: quantd claim ")
+    assert f"invalid number of seconds: {seconds!r}" in result.stderr
