@@ -83,9 +83,9 @@ class CommandParser(argparse.ArgumentParser):
 
     With ``intermixed=True``, positionals may follow options, as in
     ``quantd push to-convert --worker researcher-0 idea.json``. Plain
-    argparse assigns all positionals at their first run, so a file after an
-    option was an unrecognized argument when an earlier positional is
-    optional or variable-length.
+    argparse matches all positionals at their first run, so it rejects a
+    file after an option as an unrecognized argument when an earlier
+    positional is optional or variable-length.
     """
 
     def __init__(self, *args: Any, intermixed: bool = False, **kwargs: Any) -> None:
@@ -101,7 +101,7 @@ class CommandParser(argparse.ArgumentParser):
         if not self.intermixed or self._parsing_intermixed:
             return super().parse_known_args(args, namespace)
         # parse_known_intermixed_args calls parse_known_args for each of
-        # its two passes; those calls take the plain path above.
+        # its two passes, and those calls take the plain path above.
         self._parsing_intermixed = True
         try:
             return self.parse_known_intermixed_args(args, namespace)

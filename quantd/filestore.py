@@ -128,10 +128,10 @@ class FileStore:
         """Push a new item into ``queue`` and return its id.
 
         Raises RoutingError, before touching the disk, when ``stage`` has
-        no edge to ``queue``; InvalidItem when the item exceeds
-        daemon.max_item_bytes or daemon.max_json_depth or contains NaN or
-        Infinity; and QuantdError when the file system is full. Nothing is
-        pushed in any of these cases.
+        no edge to ``queue``. Raises InvalidItem when the item exceeds
+        daemon.max_item_bytes or daemon.max_json_depth, or contains NaN or
+        Infinity. Raises QuantdError when the file system is full. Nothing
+        is pushed in any of these cases.
         """
         check_edge(self.tree, stage, queue, worker)
         now = utc_now()

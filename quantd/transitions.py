@@ -74,8 +74,8 @@ def encode_new(tree: Tree, doc: Mapping[str, Any]) -> bytes:
     would quarantine: JSON nested deeper than daemon.max_json_depth, an
     item larger than daemon.max_item_bytes, and NaN or Infinity."""
     settings = tree.config.daemon
-    # The depth is checked first: encoding a deeply nested document would
-    # raise RecursionError.
+    # The depth is checked first, because encoding a deeply nested
+    # document raises RecursionError.
     if nested_deeper_than(doc, settings.max_json_depth):
         raise InvalidItem(
             f"invalid item {doc.get('id')!r}: JSON nested deeper than the "
