@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_support import (
@@ -21,7 +22,7 @@ from daemon_support import (
 )
 
 import quantd
-from quantd.daemon.service import Daemon
+from quantd.daemon.service import Daemon, sweep_interval_s
 from quantd.tree import Tree
 
 
@@ -244,3 +245,92 @@ def test_status_follows_changes(tmp_path: Path, daemons: Daemons) -> None:
         return int(queues["to-convert"]["pending"]["medium"])
 
     wait_for(lambda: pending() == 1, what="status.json showing the push")
+
+
+@pytest.mark.timeout(120)
+def test_status_shows_push_after_quiet(tmp_path: Path, daemons: Daemons) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    # Periodic writes are a minute apart, so a push seen within 5 s was
+    # written because of the change, not by the heartbeat.
+    tree = configure(root, status_interval_s=60.0, reconcile_interval_s=3600.0)
+    daemon = daemons.start(root)
+    wait_for(tree.status_path.exists, what="the first status.json")
+    sweep = daemon.event("reconcile_finished")
+    assert sweep is not None
+    assert sweep["interval_s"] == 3600.0
+    assert read_json(tree.status_path)["daemon"]["reconcile_interval_s"] == 3600.0
+
+    def pending() -> int:
+        queues = read_json(tree.status_path)["queues"]
+        return int(queues["to-convert"]["pending"]["medium"])
+
+    with quantd.Worker(tree, "researcher-1") as worker:
+        worker.push("to-convert", {"n": 1})
+        wait_for(lambda: pending() == 1, 5.0, "status.json showing the first push")
+        # Pushes inside one debounce window share the write at its end.
+        worker.push("to-convert", {"n": 2})
+        worker.push("to-convert", {"n": 3})
+        wait_for(lambda: pending() == 3, 5.0, "status.json showing later pushes")
+
+
+@pytest.mark.timeout(120)
+def test_heartbeat_reuses_last_scan(tmp_path: Path, daemons: Daemons) -> None:
+    root = tmp_path / "tree"
+    quantd.init_tree(root)
+    tree = configure(
+        root, status_interval_s=0.2, status_debounce_s=0.05, reconcile_interval_s=3600.0
+    )
+    daemons.start(root)
+    first = wait_for(
+        lambda: tree.status_path.exists() and read_json(tree.status_path),
+        what="the first status.json",
+    )
+
+    def later_than(previous: dict[str, Any]) -> dict[str, Any] | None:
+        document = read_json(tree.status_path)
+        if document["generated_at"] == previous["generated_at"]:
+            return None
+        return document
+
+    second = wait_for(lambda: later_than(first), what="a heartbeat write")
+    third = wait_for(lambda: later_than(second), what="another heartbeat write")
+    assert first["daemon"]["scanned_at"] is not None
+    assert second["daemon"]["scanned_at"] == first["daemon"]["scanned_at"]
+    assert third["daemon"]["scanned_at"] == first["daemon"]["scanned_at"]
+    assert third["queues"] == first["queues"]
+
+    with quantd.Worker(tree, "researcher-1") as worker:
+        worker.push("to-convert", {"n": 1})
+
+    def rescanned() -> dict[str, Any] | None:
+        document = read_json(tree.status_path)
+        if document["daemon"]["scanned_at"] == first["daemon"]["scanned_at"]:
+            return None
+        return document
+
+    after = wait_for(rescanned, what="a rescan after the push")
+    assert after["queues"]["to-convert"]["pending"]["medium"] == 1
+
+
+def test_sweep_interval_grows_with_cost() -> None:
+    assert sweep_interval_s(30.0, 0.1, healthy=True) == 30.0
+    assert sweep_interval_s(30.0, 0.5, healthy=True) == 50.0
+    assert sweep_interval_s(30.0, 2.0, healthy=True) == 200.0
+
+
+def test_sweep_interval_configured_when_unhealthy() -> None:
+    assert sweep_interval_s(30.0, 2.0, healthy=False) == 30.0
+    assert sweep_interval_s(30.0, 0.1, healthy=False) == 30.0
+
+
+def test_sweep_interval_published(in_process: Daemon, quick_tree: Tree) -> None:
+    now = time.time()
+    in_process.start(now)
+
+    document = read_json(quick_tree.status_path)
+    configured = quick_tree.config.daemon.reconcile_interval_s
+    assert document["daemon"]["reconcile_interval_s"] == configured
+    summary = in_process.full_reconcile(now)
+    assert summary["interval_s"] == configured
+    assert in_process._next_reconcile == now + configured

@@ -88,8 +88,15 @@ class Reconciler:
 
     # -- entry points ---------------------------------------------------
 
-    def reconcile(self, now: float) -> dict[str, Any]:
-        """Check the whole tree; return what the sweep found and did."""
+    def reconcile(
+        self, now: float, schedule: Callable[[float], float] | None = None
+    ) -> dict[str, Any]:
+        """Check the whole tree; return what the sweep found and did.
+
+        ``schedule`` maps the sweep's duration in seconds to the interval
+        until the next sweep. Its result is logged and returned as
+        ``interval_s``.
+        """
         started = time.monotonic()
         before = {k: v for k, v in self._journal.counters.items() if isinstance(v, int)}
         self._views.reset()
@@ -113,6 +120,8 @@ class Reconciler:
             **counts,
             "duration_s": round(time.monotonic() - started, 3),
         }
+        if schedule is not None:
+            summary["interval_s"] = round(schedule(summary["duration_s"]), 3)
         self._journal.log("reconcile_finished", **summary)
         return summary
 

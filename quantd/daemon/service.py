@@ -8,6 +8,23 @@ The main loop waits in one selector on the watcher's wake-up fd, the
 signal wake-up fd and one pidfd per live holder, then acts in
 :meth:`Daemon.step`. Signal handlers and the watcher thread only record
 what happened.
+
+status.json is rebuilt from a fresh :func:`status.scan_tree` only after
+something may have changed the tree: a file event, a pidfd exit, a due
+lease re-check, a sweep that acted or found a different file count, a
+watcher restart, a suspected overflow, a failed step or a reload. The
+periodic write that only shows the daemon is alive reuses the last scan's
+queue figures, refreshing ``generated_at`` and the daemon section. The
+first change after a quiet period is written at once, and later changes
+are coalesced into one write at the end of the window that follows.
+
+The full sweep is a safety net for lost events. While the watcher is
+healthy (inotify, alive, no suspected overflow) the next sweep comes after
+max(``daemon.reconcile_interval_s``, ``SWEEP_COST_FACTOR`` times the last
+sweep's duration), so that sweeping a large tree stays a bounded share of
+the daemon's time. Otherwise it comes after the configured interval. A
+watcher restart, a suspected overflow or a failed step still sweeps at
+once or within ``FAILED_STEP_RETRY_S``.
 """
 
 from __future__ import annotations
@@ -38,9 +55,15 @@ from quantd.tree import open_tree
 # Upper bound of one wait: how often the observer thread's health is
 # checked and, where there are no pidfds, how often holders are polled.
 TICK_S = 1.0
-# status.json is written at most once per this many times the duration of
-# the last write, so that counting a large tree stays a small share of work.
+# The tree is scanned for status.json at most once per this many times the
+# duration of the last scan, and status.json is written at most once per
+# this many times the duration of the last write, so that counting a large
+# tree stays a small share of work.
 STATUS_COST_FACTOR = 10.0
+# While the watcher is healthy, full sweeps are at least this many times
+# their own duration apart, so that sweeping takes at most about 1 % of the
+# daemon's time.
+SWEEP_COST_FACTOR = 100.0
 # After a step failed, the whole tree is swept again this soon at the latest.
 FAILED_STEP_RETRY_S = 5.0
 # How often the cache of files found valid is saved, besides at shutdown.
@@ -74,9 +97,22 @@ class Daemon:
         self._started_at = datetime.now(UTC)
         self._last_reconcile_at: datetime | None = None
         self._next_reconcile = 0.0
+        self._reconcile_interval_s = self.tree.config.daemon.reconcile_interval_s
+        # What the last sweep counted, and whether the last sweep acted or
+        # counted differently from the one before. Either means events were
+        # missed and the last status scan may be outdated.
+        self._last_sweep_counts: tuple[int, int, int] | None = None
+        self._sweep_changed = False
         self._next_status = 0.0
         self._status_due: float | None = None
         self._status_cost_s = 0.0
+        # The last scan_tree result that status.json shows, when it was
+        # taken (``time.time()``), how long it took, and whether the tree
+        # may have changed since.
+        self._scan: dict[str, Any] | None = None
+        self._scanned_at: float | None = None
+        self._scan_cost_s = 0.0
+        self._scan_stale = True
         self._last_watchdog = 0.0
         self._next_cache_save = 0.0
 
@@ -196,19 +232,25 @@ class Daemon:
             # Paths drained from the watcher may not have been looked at.
             retry = now + min(FAILED_STEP_RETRY_S, self._reconcile_interval())
             self._next_reconcile = min(self._next_reconcile, retry)
-        status_due = self._status_due is not None and now >= self._status_due
-        if status_due or now >= self._next_status:
-            self._guarded_status(now)
+            self._note_change(now)
+        if self._status_due is not None and now >= self._status_due:
+            self._guarded_status(now, rescan=self._scan_stale or self._scan is None)
+        elif now >= self._next_status:
+            # A change waiting for its window is scanned when the window
+            # ends, so this periodic write reuses the last scan.
+            self._guarded_status(now, rescan=self._scan is None)
         if healthy:
             self._renew_watchdog(now)
 
     def _act(self, exited: list[HolderKey], now: float) -> None:
+        tree_changed = False
         if self.watcher.ensure_alive():
-            self.full_reconcile(now)
-        for key in exited:
+            self.full_reconcile(now, healthy=False)
+            tree_changed = True
+        polled = self.registry.poll()
+        for key in [*exited, *polled]:
             self.reconciler.holder_exited(key, now)
-        for key in self.registry.poll():
-            self.reconciler.holder_exited(key, now)
+            tree_changed = True
         batch = self.watcher.drain()
         limit = self.tree.config.daemon.event_burst_limit
         if batch.lost or batch.events > limit:
@@ -220,32 +262,75 @@ class Daemon:
                 lost=batch.lost,
                 limit=limit,
             )
-            self.full_reconcile(now)
+            self.full_reconcile(now, healthy=False)
+            tree_changed = True
         else:
             for path in batch.paths | batch.new_dirs:
                 self.reconciler.reconcile_path(path, now)
+        if batch.events:
+            tree_changed = True
         for path in self.reconciler.take_due(now):
             self.reconciler.reconcile_path(path, now)
+            tree_changed = True
         if now >= self._next_reconcile:
             self.full_reconcile(now)
+            tree_changed = tree_changed or self._sweep_changed
         if now >= self._next_cache_save:
             self._next_cache_save = now + CACHE_SAVE_INTERVAL_S
             self._save_checked()
-        # Any event may have changed the counts that status.json shows.
-        if self.journal.changed or batch.events or exited:
-            self.journal.changed = False
-            if self._status_due is None:
-                debounce = self.tree.config.daemon.status_debounce_s
-                self._status_due = now + max(debounce, self._status_gap_s())
+        if tree_changed:
+            self._note_change(now)
+        elif self.journal.changed and self._status_due is None:
+            # Counters or events changed but the tree did not, so the next
+            # write reuses the last scan and costs little.
+            self._status_due = now
+        self.journal.changed = False
 
-    def full_reconcile(self, now: float) -> dict[str, Any]:
-        summary = self.reconciler.reconcile(now)
+    def _note_change(self, now: float) -> None:
+        """Mark the last scan outdated and schedule the write that rescans.
+
+        The write happens at once when no scan was taken within the
+        window, otherwise at the end of the window, so changes inside one
+        window share a single scan. The window is the larger of
+        ``daemon.status_debounce_s`` and ``STATUS_COST_FACTOR`` times the
+        duration of the last scan.
+        """
+        self._scan_stale = True
+        if self._status_due is not None and self._status_due > now:
+            return
+        window = max(self.tree.config.daemon.status_debounce_s, self._scan_gap_s())
+        quiet_since = self._scanned_at if self._scanned_at is not None else now
+        self._status_due = max(now, quiet_since + window)
+
+    def full_reconcile(self, now: float, *, healthy: bool = True) -> dict[str, Any]:
+        """Sweep the whole tree and schedule the next sweep.
+
+        ``healthy`` False means the sweep follows a watcher restart or a
+        suspected overflow, so the next sweep keeps the configured interval
+        instead of one stretched by the sweep's cost.
+        """
+        watcher_ok = healthy and self.watcher.mode == "inotify" and self.watcher.alive()
+        configured = self.tree.config.daemon.reconcile_interval_s
+
+        def schedule(duration_s: float) -> float:
+            return sweep_interval_s(configured, duration_s, healthy=watcher_ok)
+
+        summary = self.reconciler.reconcile(now, schedule)
         self._last_reconcile_at = datetime.now(UTC)
-        self._next_reconcile = now + self._reconcile_interval()
+        self._reconcile_interval_s = float(summary["interval_s"])
+        counts = (summary["files"], summary["valid"], summary["holders"])
+        acted = ("recovered", "dead_lettered", "quarantined", "routes_finished")
+        self._sweep_changed = counts != self._last_sweep_counts or any(
+            summary[name] for name in acted
+        )
+        self._last_sweep_counts = counts
+        self._next_reconcile = now + self._reconcile_interval_s
+        if not healthy:
+            self._scan_stale = True
         return summary
 
     def _reconcile_interval(self) -> float:
-        return self.tree.config.daemon.reconcile_interval_s
+        return self._reconcile_interval_s
 
     def _save_checked(self) -> None:
         try:
@@ -289,7 +374,8 @@ class Daemon:
         self.watcher = self._new_watcher()
         self.watcher.start()
         self.journal.log("config_reloaded", source=str(tree.config.source))
-        self.full_reconcile(now)
+        self.full_reconcile(now, healthy=False)
+        self._note_change(now)
         self.notifier.ready()
 
     def _new_watcher(self) -> Watcher:
@@ -308,21 +394,32 @@ class Daemon:
 
     # -- status ---------------------------------------------------------
 
-    def _guarded_status(self, now: float, state: str = "running") -> None:
+    def _guarded_status(
+        self, now: float, state: str = "running", *, rescan: bool = True
+    ) -> None:
         try:
-            self.write_status(now, state)
+            self.write_status(now, state, rescan=rescan)
         except Exception as error:
             self.journal.failed("write_status", error, path=str(self.tree.status_path))
             self._next_status = now + self.tree.config.daemon.status_interval_s
 
-    def write_status(self, now: float, state: str = "running") -> None:
+    def write_status(
+        self, now: float, state: str = "running", *, rescan: bool = True
+    ) -> None:
         """Publish status.json and the one-line status for the service
-        manager."""
+        manager.
+
+        ``rescan`` False reuses the last scan's queue figures when the tree
+        has not changed since, and refreshes only ``generated_at``, the
+        daemon section, holders, counters, events and the watcher.
+        """
         started = time.monotonic()
-        self._status_due = None
+        # A reused scan that is outdated keeps the rescan that is due later.
+        if rescan or not self._scan_stale:
+            self._status_due = None
         self._next_status = now + self.tree.config.daemon.status_interval_s
         moment = datetime.fromtimestamp(now, UTC)
-        scan = status_file.scan_tree(self.tree, moment)
+        scan, scan_s = self._current_scan(now, moment, rescan=rescan)
         document = status_file.build_status(
             self.tree,
             daemon=self._daemon_section(state),
@@ -335,15 +432,35 @@ class Daemon:
         )
         status_file.write_status(self.tree, document)
         self.notifier.status(_summary(scan["queues"], self.journal.counters, state))
-        # Counting a large tree takes a while, so status.json is written
+        # Writing a large document takes a while, so status.json is written
         # less often than configured when it would otherwise use more than
-        # a tenth of the daemon's time.
-        self._status_cost_s = time.monotonic() - started
+        # a tenth of the daemon's time. The scan's cost bounds the rescans
+        # instead, in _note_change.
+        self._status_cost_s = time.monotonic() - started - scan_s
         interval = max(self.tree.config.daemon.status_interval_s, self._status_gap_s())
         self._next_status = now + interval
 
+    def _current_scan(
+        self, now: float, moment: datetime, *, rescan: bool
+    ) -> tuple[dict[str, Any], float]:
+        """Return the scan that status.json shows and the seconds spent
+        scanning now, 0 when the last scan is reused."""
+        if self._scan is not None and not rescan:
+            return self._scan, 0.0
+        started = time.monotonic()
+        # Cleared before the scan, so that a change that lands during it
+        # marks the result outdated again.
+        self._scan_stale = False
+        self._scan = status_file.scan_tree(self.tree, moment)
+        self._scanned_at = now
+        self._scan_cost_s = time.monotonic() - started
+        return self._scan, self._scan_cost_s
+
     def _status_gap_s(self) -> float:
         return STATUS_COST_FACTOR * self._status_cost_s
+
+    def _scan_gap_s(self) -> float:
+        return STATUS_COST_FACTOR * self._scan_cost_s
 
     def _daemon_section(self, state: str) -> dict[str, Any]:
         return {
@@ -362,10 +479,29 @@ class Daemon:
                 if self._last_reconcile_at
                 else None
             ),
-            "reconcile_interval_s": self.tree.config.daemon.reconcile_interval_s,
+            # The interval until the next full sweep, which may exceed the
+            # configured one when sweeping is slow.
+            "reconcile_interval_s": self._reconcile_interval_s,
+            "scanned_at": (
+                format_time(datetime.fromtimestamp(self._scanned_at, UTC))
+                if self._scanned_at is not None
+                else None
+            ),
             "watched_holders": self.registry.pidfd_count,
             "config": str(self.tree.config.source) if self.tree.config.source else None,
         }
+
+
+def sweep_interval_s(configured_s: float, duration_s: float, *, healthy: bool) -> float:
+    """Return the seconds until the next full sweep.
+
+    While the watcher is healthy this is max(``configured_s``,
+    ``SWEEP_COST_FACTOR`` * ``duration_s``), so a slow sweep is repeated
+    less often. Otherwise it is ``configured_s``.
+    """
+    if not healthy:
+        return configured_s
+    return max(configured_s, SWEEP_COST_FACTOR * duration_s)
 
 
 def _summary(queues: dict[str, Any], counters: dict[str, Any], state: str) -> str:
