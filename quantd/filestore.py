@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +37,7 @@ from quantd.itemfile import BadFile, read_item_file
 from quantd.items import (
     Item,
     ItemStatus,
+    PendingName,
     Priority,
     SortKey,
     format_time,
@@ -66,6 +68,11 @@ RELIST_MIN_INTERVAL_S = 0.02
 # the same mtime tick as a listing can wait this long behind lower
 # priorities; it is never lost.
 RELIST_MAX_AGE_S = 1.0
+# After a claim is lost to another claimer, the next try picks among this
+# many of the oldest entries of the best priority.
+CONTENDED_SPREAD = 8
+# Parsed file names kept between listings; the cache is emptied when full.
+MAX_PARSED_NAMES = 200_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class FileStore:
         self.tree = tree
         self._listings: dict[str, _Listing] = {}
         self._reference_keys: dict[tuple[str, str], SortKey] = {}
+        self._parsed_names: dict[str, PendingName | None] = {}
         self._holder_dirs: set[Path] = set()
         self._holder_records: set[HolderKey] = set()
         self._waiter: DirectoryWaiter | None = None
@@ -195,6 +203,7 @@ class FileStore:
         # Refreshing before every attempt matters when other processes
         # took every listed item: the exhausted listing is read again, so
         # None means that a fresh listing of every queue was empty.
+        lost = 0
         while True:
             for name in queues:
                 self._refresh(name)
@@ -205,11 +214,14 @@ class FileStore:
             ]
             if not heads:
                 return None
-            (_, _, pending, stem), queue = min(heads)
-            self._listings[queue].entries.pop()
+            _, queue = min(heads)
+            entries = self._listings[queue].entries
+            index = _spread(entries) if lost else len(entries) - 1
+            _, _, pending, stem = entries.pop(index)
             item = self._take(queue, pending, stem, holder)
             if item is not None:
                 return item
+            lost += 1
 
     def _take(self, queue: str, name: str, stem: str, holder: Holder) -> Item | None:
         queue_dir = self.tree.queue_dir(queue)
@@ -294,7 +306,12 @@ class FileStore:
         entries: list[_Entry] = []
         with os.scandir(queue_dir) as scan:
             for entry in scan:
-                parsed = parse_pending_name(entry.name)
+                name = entry.name
+                if name in self._parsed_names:
+                    parsed = self._parsed_names[name]
+                else:
+                    parsed = parse_pending_name(name)
+                    self._remember_name(name, parsed)
                 if parsed is None:
                     continue
                 key = parsed.key or self._reference_key(queue, entry)
@@ -306,6 +323,13 @@ class FileStore:
         listing.listed_at = time.monotonic()
         listing.cost_s = listing.listed_at - started
         listing.stale = False
+
+    def _remember_name(self, name: str, parsed: PendingName | None) -> None:
+        """Cache a parsed file name: parsing is most of the cost of listing
+        a large queue, and most names outlive several listings."""
+        if len(self._parsed_names) >= MAX_PARSED_NAMES:
+            self._parsed_names.clear()
+        self._parsed_names[name] = parsed
 
     def _reference_key(self, queue: str, entry: os.DirEntry[str]) -> SortKey | None:
         """Order a reference-protocol item, whose name has no sort key, by
@@ -611,6 +635,25 @@ def _hop(
 
 def _stage_name(holder: Holder) -> str | None:
     return holder.stage.name if holder.stage else None
+
+
+def _spread(entries: list[_Entry]) -> int:
+    """Pick the index of the next candidate after a claim was lost to
+    another claimer.
+
+    Claimers that walk the same listing from its head collide on every
+    item. After a collision, a random one of the oldest few entries of the
+    best priority is tried instead, so claim order stays priority first
+    and roughly oldest first.
+    """
+    last = len(entries) - 1
+    rank = entries[last][0]
+    width = 1
+    while width < CONTENDED_SPREAD and width <= last:
+        if entries[last - width][0] != rank:
+            break
+        width += 1
+    return last - random.randrange(width)
 
 
 def _mtime_ns(path: Path) -> int:

@@ -180,10 +180,12 @@ def replace_file(tmp_dir: Path, target: Path, data: bytes, *, durable: bool) -> 
 
 
 def dump_json(document: Any, *, allow_nan: bool = True) -> bytes:
-    """Encode a document the way quantd writes every item.
+    """Encode a document the way quantd writes every item: compact JSON on
+    one line, which Python's C encoder writes about three times faster
+    than an indented document.
 
     With ``allow_nan=False``, NaN and Infinity raise ValueError, because
     they are not JSON and strict readers reject them.
     """
-    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=allow_nan)
+    text = json.dumps(document, ensure_ascii=False, allow_nan=allow_nan)
     return text.encode() + b"\n"
