@@ -334,3 +334,38 @@ def test_sweep_interval_published(in_process: Daemon, quick_tree: Tree) -> None:
     summary = in_process.full_reconcile(now)
     assert summary["interval_s"] == configured
     assert in_process._next_reconcile == now + configured
+
+
+def test_status_leading_edge_then_coalesced(
+    in_process: Daemon, quick_tree: Tree
+) -> None:
+    now = time.time()
+    in_process.start(now)
+    started_scan = read_json(quick_tree.status_path)["daemon"]["scanned_at"]
+
+    def push_and_wait(n: int) -> None:
+        with quantd.Worker(quick_tree, "researcher-1") as worker:
+            worker.push("to-convert", {"n": n})
+        wait_for(lambda: in_process.watcher._batch.events, what="the push event")
+
+    # Ten seconds after the last scan the first change is written at once.
+    push_and_wait(1)
+    in_process.step([], now + 10)
+    first = read_json(quick_tree.status_path)
+    assert first["daemon"]["scanned_at"] != started_scan
+    assert first["queues"]["to-convert"]["pending"]["medium"] == 1
+
+    # A change right after that scan waits for the end of the window.
+    push_and_wait(2)
+    in_process.step([], now + 10.001)
+    due = in_process._status_due
+    assert due is not None
+    assert due > now + 10.001
+    held = read_json(quick_tree.status_path)
+    assert held["daemon"]["scanned_at"] == first["daemon"]["scanned_at"]
+
+    in_process.step([], due)
+    second = read_json(quick_tree.status_path)
+    assert second["daemon"]["scanned_at"] != first["daemon"]["scanned_at"]
+    assert second["queues"]["to-convert"]["pending"]["medium"] == 2
+    assert in_process._status_due is None

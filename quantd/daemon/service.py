@@ -10,8 +10,8 @@ signal wake-up fd and one pidfd per live holder, then acts in
 what happened.
 
 status.json is rebuilt from a fresh :func:`status.scan_tree` only after
-something may have changed the tree: a file event, a pidfd exit, a due
-lease re-check, a sweep that acted or found a different file count, a
+something may have changed the tree. That is a file event, a pidfd exit, a
+due lease re-check, a sweep that acted or found a different file count, a
 watcher restart, a suspected overflow, a failed step or a reload. The
 periodic write that only shows the daemon is alive reuses the last scan's
 queue figures, refreshing ``generated_at`` and the daemon section. The
@@ -56,9 +56,9 @@ from quantd.tree import open_tree
 # checked and, where there are no pidfds, how often holders are polled.
 TICK_S = 1.0
 # The tree is scanned for status.json at most once per this many times the
-# duration of the last scan, and status.json is written at most once per
-# this many times the duration of the last write, so that counting a large
-# tree stays a small share of work.
+# duration of the last scan. Likewise status.json is written at most once
+# per this many times the duration of the last write. Both keep counting a
+# large tree a small share of the daemon's work.
 STATUS_COST_FACTOR = 10.0
 # While the watcher is healthy, full sweeps are at least this many times
 # their own duration apart, so that sweeping takes at most about 1 % of the
@@ -237,8 +237,10 @@ class Daemon:
             self._guarded_status(now, rescan=self._scan_stale or self._scan is None)
         elif now >= self._next_status:
             # A change waiting for its window is scanned when the window
-            # ends, so this periodic write reuses the last scan.
-            self._guarded_status(now, rescan=self._scan is None)
+            # ends, so this periodic write reuses the last scan. An outdated
+            # scan with no rescan scheduled remains after a failed scan.
+            outdated = self._scan_stale and self._status_due is None
+            self._guarded_status(now, rescan=self._scan is None or outdated)
         if healthy:
             self._renew_watchdog(now)
 
@@ -448,10 +450,10 @@ class Daemon:
         if self._scan is not None and not rescan:
             return self._scan, 0.0
         started = time.monotonic()
-        # Cleared before the scan, so that a change that lands during it
-        # marks the result outdated again.
-        self._scan_stale = False
         self._scan = status_file.scan_tree(self.tree, moment)
+        # Events from the scan's duration are drained in the next step,
+        # which marks this scan outdated again.
+        self._scan_stale = False
         self._scanned_at = now
         self._scan_cost_s = time.monotonic() - started
         return self._scan, self._scan_cost_s
