@@ -317,6 +317,7 @@ def test_sweep_interval_grows_with_cost() -> None:
     assert sweep_interval_s(30.0, 0.1, healthy=True) == 30.0
     assert sweep_interval_s(30.0, 0.5, healthy=True) == 50.0
     assert sweep_interval_s(30.0, 2.0, healthy=True) == 200.0
+    assert sweep_interval_s(30.0, 60.0, healthy=True) == 300.0
 
 
 def test_sweep_interval_configured_when_unhealthy() -> None:

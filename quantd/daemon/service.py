@@ -64,6 +64,9 @@ STATUS_COST_FACTOR = 10.0
 # their own duration apart, so that sweeping takes at most about 1 % of the
 # daemon's time.
 SWEEP_COST_FACTOR = 100.0
+# ...but never more than this many times the configured interval, so one
+# sweep slowed by a loaded machine cannot put the next one off for hours.
+MAX_SWEEP_STRETCH = 10.0
 # After a step failed, the whole tree is swept again this soon at the latest.
 FAILED_STEP_RETRY_S = 5.0
 # How often the cache of files found valid is saved, besides at shutdown.
@@ -499,11 +502,13 @@ def sweep_interval_s(configured_s: float, duration_s: float, *, healthy: bool) -
 
     While the watcher is healthy this is max(``configured_s``,
     ``SWEEP_COST_FACTOR`` * ``duration_s``), so a slow sweep is repeated
-    less often. Otherwise it is ``configured_s``.
+    less often, capped at ``MAX_SWEEP_STRETCH`` * ``configured_s``.
+    Otherwise it is ``configured_s``.
     """
     if not healthy:
         return configured_s
-    return max(configured_s, SWEEP_COST_FACTOR * duration_s)
+    stretched = max(configured_s, SWEEP_COST_FACTOR * duration_s)
+    return min(stretched, MAX_SWEEP_STRETCH * configured_s)
 
 
 def _summary(queues: dict[str, Any], counters: dict[str, Any], state: str) -> str:
