@@ -50,7 +50,7 @@ class DaemonSettings:
     max_item_bytes: int = 1_048_576
     max_json_depth: int = 64
     status_interval_s: float = 5.0
-    status_debounce_s: float = 0.25
+    status_debounce_s: float = 0.1
     status_group: str = ""
     write_grace_s: float = 5.0
     event_burst_limit: int = 10_000
@@ -132,7 +132,7 @@ def _reference_document() -> dict[str, Any]:
             "max_item_bytes": 1_048_576,
             "max_json_depth": 64,
             "status_interval_s": 5.0,
-            "status_debounce_s": 0.25,
+            "status_debounce_s": 0.1,
             "status_group": "",
             "write_grace_s": 5.0,
             "event_burst_limit": 10_000,
