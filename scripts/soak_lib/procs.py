@@ -14,7 +14,9 @@ from pathlib import Path
 from quantd.holder import read_proc_stat
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent
-STOP_TIMEOUT_S = 15.0
+# How long a process may take to exit after SIGTERM, generous for a
+# loaded machine.
+STOP_TIMEOUT_S = 60.0
 
 
 @dataclass
