@@ -122,6 +122,9 @@ class Demo:
                     self._start()
                     self._watch()
             except KeyboardInterrupt:
+                # Shutting down now: a further Ctrl-C must not cut the stop
+                # of the children or the summary short.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 self.state.interrupted = True
                 self.state.finished_at = time.monotonic()
                 self.view.event("interrupted: stopping the workers and the daemon")
