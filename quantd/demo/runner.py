@@ -121,7 +121,7 @@ class Demo:
                 with _signals_interrupt():
                     self._start()
                     self._watch()
-            except KeyboardInterrupt:
+            except (Interrupted, KeyboardInterrupt):
                 # Shutting down now: a further Ctrl-C must not cut the stop
                 # of the children or the summary short.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -485,18 +485,32 @@ def _tail(path: Path, lines: int = 10) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM arrived: stop the children and summarise."""
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signal.Signals(signum).name)
 
 
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so that the demo always stops its children."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    """Turn Ctrl-C and SIGTERM into Interrupted, so that the demo always
+    stops its children.
+
+    Python's own KeyboardInterrupt is not used: under load, an interrupted
+    run that had handled it and returned 130 was sometimes still killed by
+    SIGINT while the interpreter shut down (exit status -2).
+    """
+    previous = {
+        signum: signal.signal(signum, _raise_interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager
