@@ -540,32 +540,16 @@ class Reconciler:
             "worker": worker,
             "pid": pid,
         }
-        if outcome.action == "requeued":
-            self._journal.count("recovered")
-            self._journal.record(
-                "claim_recovered",
-                "warning",
-                attempts=outcome.attempts,
-                **fields,
-                **detail,
-            )
-        elif outcome.action == "dead_lettered":
-            self._journal.count("dead_lettered")
-            self._journal.record(
-                "item_dead_lettered",
-                "error",
-                attempts=outcome.attempts,
-                **fields,
-                **detail,
-            )
-        elif outcome.action == "routed":
-            self._journal.count("routes_finished")
-            self._journal.record("route_finished", **fields)
+        logged = _OUTCOME_EVENTS.get(outcome.action)
+        if logged is None:
+            return
+        counter, event, level = logged
+        if outcome.action in ("requeued", "dead_lettered"):
+            fields.update(attempts=outcome.attempts, **detail)
         elif outcome.action == "quarantined":
-            self._journal.count("quarantined")
-            self._journal.record(
-                "item_quarantined", "warning", reason=outcome.reason, **fields
-            )
+            fields["reason"] = outcome.reason
+        self._journal.count(counter)
+        self._journal.record(event, level, **fields)
 
     def _finish_entry(self, path: Path) -> None:
         if not os.path.lexists(path):
@@ -644,6 +628,16 @@ class Reconciler:
             pass
         except Exception as error:
             self._journal.failed(where, error, path=_printable(path))
+
+
+# The counter, event name and log level of each recovery outcome; a lost
+# race is not logged.
+_OUTCOME_EVENTS = {
+    "requeued": ("recovered", "claim_recovered", "warning"),
+    "dead_lettered": ("dead_lettered", "item_dead_lettered", "error"),
+    "routed": ("routes_finished", "route_finished", "info"),
+    "quarantined": ("quarantined", "item_quarantined", "warning"),
+}
 
 
 def _printable(path: str | bytes | Path) -> str:
