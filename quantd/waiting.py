@@ -1,9 +1,11 @@
 """Block until a directory changes, woken by the kernel, not by polling.
 
 On Linux an inotify descriptor of this process's own is waited on with
-``select``. watchdog is not used there: its inotify reader holds a rename
-into a directory for half a second, waiting for the matching rename out,
-and a push is exactly such a rename. Elsewhere a watchdog observer
+``select``. watchdog is not used there: its inotify reader (watchdog 7.1)
+keeps a rename out of a directory for half a second while it looks for
+the matching rename in, and the events behind it wait too. Every claim
+renames an item out of its queue, so a push right after a claim was seen
+half a second late. Elsewhere a watchdog observer
 (FSEvents on macOS, kqueue on BSD) sets an event whenever an entry is
 created in or moved into a watched directory.
 """
