@@ -38,6 +38,10 @@ def headline(payload: Mapping[str, Any]) -> str:
     fraction = prop_firm.get("position_fraction")
     if prop_firm.get("passed") and isinstance(fraction, int | float):
         line += f"; passes prop-firm rules at {fraction:.0%} position size"
+        sized = prop_firm.get("metrics") or {}
+        drawdown = sized.get("max_drawdown")
+        if isinstance(drawdown, int | float):
+            line += f" (max drawdown {drawdown:.1%})"
     return line
 
 
