@@ -33,7 +33,7 @@ REFERENCE_HOLDER = "reference"
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a recovery did: ``requeued``, ``dead_lettered``, ``routed``
+    """The result of a recovery: ``requeued``, ``dead_lettered``, ``routed``
     (a committed route was finished), ``quarantined`` (the same item was
     already pending) or ``lost_race`` (the holder finished first)."""
 

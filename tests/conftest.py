@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from daemon_support import Daemons
 
 import quantd
 from quantd.tree import Tree
@@ -193,3 +194,13 @@ def write_reference_item(
     with open(path, "w") as file:
         json.dump(doc, file, indent=2)
     return Path(os.fsdecode(path))
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Daemon subprocesses of a test, all SIGKILLed at teardown."""
+    started = Daemons(tmp_path)
+    try:
+        yield started
+    finally:
+        started.kill_all()

@@ -27,15 +27,6 @@ from quantd.tree import Tree
 
 
 @pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.kill_all()
-
-
-@pytest.fixture
 def quick_tree(tmp_path: Path) -> Tree:
     root = tmp_path / "tree"
     quantd.init_tree(root)

@@ -580,7 +580,9 @@ def test_round_trip_durable_and_not(tree: Tree, durable: bool) -> None:
     first = worker.claim()
     second = worker.claim()
     third = worker.claim()
-    assert first is not None and second is not None and third is not None
+    assert first is not None
+    assert second is not None
+    assert third is not None
     worker.complete(first)
     worker.fail(second, "x")
     successor = worker.route(third, "to-optimize", {})

@@ -112,8 +112,8 @@ class HolderRegistry:
 
 
 class HolderViews:
-    """What the status file lists about each holder: who it is, its
-    verdict, and how many claims it has in which queues."""
+    """The status file's entry for each holder: who it is, its verdict,
+    and how many claims it has in which queues."""
 
     def __init__(self, records_dir: Path) -> None:
         self.records_dir = records_dir

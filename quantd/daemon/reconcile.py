@@ -326,7 +326,7 @@ class Reconciler:
         return False
 
     def _young(self, path: Path, info: os.stat_result, now: float) -> bool:
-        """Whether a file may still be being written; if so, schedule a
+        """Return whether a file may still be being written; if so, schedule a
         re-check for when the grace period ends."""
         changed = max(info.st_mtime, info.st_ctime)
         due = changed + self.tree.config.daemon.write_grace_s

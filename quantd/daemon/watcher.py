@@ -250,7 +250,7 @@ class Watcher:
 
     def _replaced(self) -> bool:
         """Return whether a watched directory was removed, created or
-        replaced since it was scheduled: its watch no longer sees it."""
+        replaced since it was scheduled, because its watch no longer follows it."""
         return any(_identity(path) != seen for path, seen in self._watched.items())
 
     def stop(self) -> None:
